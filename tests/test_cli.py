@@ -1,0 +1,93 @@
+"""The command line end to end on the built-in dataset, and its errors for bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tljax import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAIN = os.path.join(ROOT, "experiments", "lp_vs_ft.py")
+FAST = ["steps=30", "pretrain.steps=60", "seeds=[0,1]", "log_every=10"]
+
+
+def _tljax(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tljax.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env=os.environ.copy())
+
+
+def test_run_writes_results_checkpoints_and_table(tmp_path):
+    workdir = tmp_path / "w"
+    proc = _tljax("run", MAIN, "--workdir", str(workdir), "--set", *FAST[:2],
+                  "--set", *FAST[2:], "strategies=[\"linear_probe\",\"last_k:1\"]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in open(workdir / "results.jsonl")]
+    assert [(r["strategy"], r["seed"]) for r in records] == [
+        ("linear_probe", 0), ("linear_probe", 1), ("last_k:1", 0), ("last_k:1", 1)]
+    for r in records:
+        for key in ("experiment", "model", "weights", "dataset", "strategy", "seed",
+                    "trainable_params", "total_params", "steps", "train_seconds", "devices",
+                    "metrics", "checkpoint", "status"):
+            assert key in r, key
+        assert r["status"] == "ok" and r["steps"] == 30 and r["devices"] >= 1
+        assert set(r["metrics"]) == {"train", "val", "test"}
+        assert set(r["metrics"]["test"]) == {"accuracy", "macro_f1", "loss"}
+        assert r["metrics"]["test"]["accuracy"] > 0.5  # five classes: chance is 0.2
+        assert r["trainable_params"] < r["total_params"]
+        restored = ocp.StandardCheckpointer().restore(r["checkpoint"])
+        assert set(restored) == {"params", "batch_stats"}
+        assert restored["params"]["head"]["kernel"].shape == (128, 5)
+    probe = records[0]
+    assert probe["trainable_params"] == 128 * 5 + 5
+    # The source model was trained once, saved with orbax and loaded back as the weights.
+    assert os.path.isdir(probe["weights"]) and "pretrained" in probe["weights"]
+    table = (workdir / "results.md").read_text()
+    assert "| linear_probe | 2 |" in table and "| last_k:1 | 1 |" in table
+    assert "| strategy |" in proc.stdout
+
+
+def test_list_names_models_datasets_and_strategies(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("resnet18", "resnet50", "cnn", "digits", "linear_probe", "last_k:K",
+                 "surgical:BLOCK[+BLOCK]", "llrd:D", "bitfit", "norm_only"):
+        assert word in out
+
+
+BAD = [
+    (["run", "no/such/config.py"], "config file not found: 'no/such/config.py'"),
+    (["run", MAIN, "--set", "stpes=3"], "unknown config key 'stpes'; known:"),
+    (["run", MAIN, "--set", "model=resnet19"], "unknown model 'resnet19'; known: cnn, resnet18"),
+    (["run", MAIN, "--set", "dataset=digitz"], "unknown dataset 'digitz'; known: digits"),
+    (["run", MAIN, "--set", "strategies=[\"bitfti\"]"], "unknown strategy 'bitfti'; known: bitfit"),
+    (["run", MAIN, "--set", "rules={\"mine\": [[\"(head\", \"train\"]]}",
+      "strategies=[\"mine\"]"], "bad regex '(head'"),
+    (["run", MAIN, "--set", "weights=/no/such/weights"], "weights not found: '/no/such/weights'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a[-1:]) for a, _ in BAD])
+def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+    argv = [a if a != MAIN else MAIN for a in argv]
+    if argv[0] == "run":
+        argv += ["--workdir", str(tmp_path / "w")]
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(cli.main(argv))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+    assert not (tmp_path / "w" / "results.jsonl").exists()
+
+
+def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
+    proc = _tljax("run", MAIN, "--set", "model=vgg99", "--workdir", str(tmp_path / "w"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("tljax: error: unknown model 'vgg99'")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,90 @@
+"""``tljax run | list | report``: the command line.
+
+Bad input exits with code 2 and one line on stderr naming the bad value and the valid
+ones; nothing is written that claims success.
+"""
+
+import argparse
+import os
+import sys
+
+from tljax.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit code 2), not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"tljax: error: {message}\n")
+
+
+def _cmd_run(args) -> int:
+    from tljax import config, experiment, report
+
+    cfg = config.load(args.config)
+    config.apply_overrides(cfg, args.set or [])
+    workdir = args.workdir or os.path.join("runs", cfg.experiment)
+    records = experiment.run(cfg, workdir, log=lambda msg: print(msg, file=sys.stderr))
+    all_records = report.read_results(os.path.join(workdir, "results.jsonl"))
+    print(report.write(all_records, workdir, title=cfg.experiment))
+    print(f"results: {os.path.join(workdir, 'results.jsonl')} ({len(records)} new runs)",
+          file=sys.stderr)
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def _cmd_list(args) -> int:
+    from tljax import data, models, strategies
+
+    print("models:")
+    for name, text in models.describe().items():
+        print(f"  {name:<16} {text}")
+    print("datasets:")
+    for name in data.BUILTIN:
+        print(f"  {name:<16} built in; class subsets as {name}:0-4 or {name}:1,3,5")
+    print(f"  {'<tfds name>':<16} any TFDS catalog dataset (download=True to prepare it)")
+    print("strategies:")
+    for spec, text in strategies.describe().items():
+        print(f"  {spec:<16} {text}")
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from tljax import report
+
+    path = os.path.join(args.workdir, "results.jsonl")
+    if not os.path.isfile(path):
+        raise UserError(f"no results.jsonl in {args.workdir!r}")
+    print(report.markdown(report.read_results(path)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the CLI's argument parser."""
+    parser = _Parser(prog="tljax", description="Transfer learning in JAX: probes vs fine-tuning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="run an experiment config")
+    run.add_argument("config", help="python file with get_config(), e.g. experiments/lp_vs_ft.py")
+    run.add_argument("--workdir", help="where results, checkpoints and the report go")
+    run.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
+                     help="override config keys; the value is JSON, else a string")
+    run.set_defaults(fn=_cmd_run)
+    lst = sub.add_parser("list", help="list models, datasets and strategies")
+    lst.set_defaults(fn=_cmd_list)
+    rep = sub.add_parser("report", help="print the Markdown report of a workdir")
+    rep.add_argument("workdir")
+    rep.set_defaults(fn=_cmd_report)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Runs the CLI; returns the exit code (2 for bad input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"tljax: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

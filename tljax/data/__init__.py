@@ -1,0 +1,7 @@
+"""Datasets as TFDS read into numpy, class-subset views, preprocessing and batching."""
+
+from tljax.data.datasets import BUILTIN, Dataset, Split, default_data_dir, load, parse_spec
+from tljax.data.pipeline import batches, preprocess
+
+__all__ = ["BUILTIN", "Dataset", "Split", "batches", "default_data_dir", "load", "parse_spec",
+           "preprocess"]

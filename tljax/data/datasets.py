@@ -1,0 +1,172 @@
+"""Datasets by name, read as numpy through TFDS; class-subset views.
+
+A dataset spec is a TFDS name with an optional class subset: ``digits``,
+``digits:0-4``, ``cifar10:0,1,8``. A subset keeps the listed classes, relabelled
+0..k-1 in the order given. tljax's own builders (``digits``) are prepared on first use;
+TFDS catalog names read their prepared array_record data, and are downloaded and
+prepared (as array_record) when ``download`` is True.
+"""
+
+import dataclasses
+import functools
+import os
+
+import numpy as np
+
+from tljax.errors import UserError, unknown
+
+BUILTIN = ("digits",)
+SPLITS = ("train", "val", "test")
+# How tljax's split names map onto a catalog dataset's own, where it has no validation split.
+CATALOG_SPLITS = {"train": "train[:90%]", "val": "train[90%:]", "test": "test"}
+
+
+def default_data_dir() -> str:
+    """Returns ``$TLJAX_DATA_DIR``, else ``~/.cache/tljax/tensorflow_datasets``."""
+    return os.environ.get("TLJAX_DATA_DIR",
+                          os.path.expanduser("~/.cache/tljax/tensorflow_datasets"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split in memory: uint8 images (n, h, w, c) and int64 labels (n,)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """A dataset (or class-subset view) with its splits in memory."""
+
+    spec: str
+    num_classes: int
+    class_names: tuple
+    splits: dict
+
+
+def parse_spec(spec: str) -> tuple:
+    """Returns ``(name, classes or None)`` for ``"name"`` or ``"name:0-4,7"``."""
+    name, _, subset = str(spec).partition(":")
+    if not subset:
+        return name, None
+    classes = []
+    try:
+        for part in subset.split(","):
+            lo, dash, hi = part.partition("-")
+            classes += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
+    except ValueError:
+        raise UserError(f"bad class subset {subset!r} in dataset {spec!r}; "
+                        "expected e.g. 'digits:0-4' or 'cifar10:0,1,8'") from None
+    if len(set(classes)) != len(classes) or len(classes) < 2:
+        raise UserError(f"bad class subset {subset!r} in dataset {spec!r}; "
+                        "need two or more distinct classes")
+    return name, tuple(classes)
+
+
+def _builder(name: str, data_dir: str):
+    import tensorflow_datasets as tfds
+
+    if name == "digits":
+        from absl import logging
+
+        from tljax.data.digits import Digits
+
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity(logging.ERROR)  # "no dataset_info.json yet" before the first build
+        try:
+            return Digits(data_dir=data_dir, file_format="array_record")
+        finally:
+            logging.set_verbosity(verbosity)
+    if name not in tfds.list_builders(with_community_datasets=False):
+        raise unknown("dataset", name, list(BUILTIN) + ["<any TFDS catalog name>"])
+    return tfds.builder(name, data_dir=data_dir, file_format="array_record")
+
+
+def _read_split(source, image_key: str, label_key: str) -> Split:
+    images = np.stack([np.asarray(ex[image_key]) for ex in source]) if len(source) else None
+    if images is None:
+        raise UserError("empty split")
+    labels = np.array([int(ex[label_key]) for ex in source], np.int64)
+    if images.ndim == 3:
+        images = images[..., None]
+    return Split(images, labels)
+
+
+def _prepare_quietly(builder) -> None:
+    """Prepares ``builder`` as array_record with one log line instead of tfds's progress bars."""
+    import sys
+
+    import tensorflow_datasets as tfds
+    from absl import logging
+
+    print(f"tljax: preparing dataset {builder.name} in {builder.data_dir}", file=sys.stderr)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        builder.download_and_prepare(file_format="array_record")
+    finally:
+        tfds.display_progress_bar(True)
+        logging.set_verbosity(verbosity)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_full(name: str, data_dir: str, download: bool, split_map: tuple) -> tuple:
+    import tensorflow_datasets as tfds
+
+    builder = _builder(name, data_dir)
+    if not builder.is_prepared():
+        if name not in BUILTIN and not download:
+            raise UserError(f"dataset {name!r} is not prepared under {data_dir}; "
+                            "set download=True or prepare it with tfds")
+        _prepare_quietly(builder)
+    info = builder.info
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    have = set(info.splits.keys())
+    splits = {}
+    for ours, theirs in split_map:
+        if theirs.split("[")[0] not in have:
+            raise unknown(f"split of {name}", theirs, have)
+        source = tfds.data_source(name, split=theirs, data_dir=data_dir, builder_kwargs=
+                                  {"file_format": "array_record"}) if name not in BUILTIN else \
+            builder.as_data_source(split=theirs)
+        splits[ours] = _read_split(source, image_key, label_key)
+    label_feature = info.features[label_key]
+    return label_feature.num_classes, tuple(label_feature.names), splits
+
+
+def load(spec: str, data_dir: str | None = None, download: bool = False,
+         splits: dict | None = None) -> Dataset:
+    """Returns the dataset (or class-subset view) ``spec`` with ``train``/``val``/``test``.
+
+    ``splits`` maps tljax's split names to the dataset's own TFDS split strings; the
+    default is the dataset's train/validation/test, or 90/10 of train where it has no
+    validation split.
+    """
+    name, classes = parse_spec(spec)
+    data_dir = data_dir or default_data_dir()
+    if splits is None:
+        splits = {s: s for s in SPLITS} if name in BUILTIN else None
+    if splits is None:
+        import tensorflow_datasets as tfds
+
+        if name not in tfds.list_builders(with_community_datasets=False):
+            raise unknown("dataset", name, list(BUILTIN) + ["<any TFDS catalog name>"])
+        splits = dict(CATALOG_SPLITS)
+        have = _builder(name, data_dir).info.splits.keys()
+        if "validation" in have:
+            splits["train"], splits["val"] = "train", "validation"
+    num_classes, names, full = _load_full(name, data_dir, download, tuple(sorted(splits.items())))
+    if classes is None:
+        return Dataset(spec, num_classes, names, full)
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"class {bad[0]} is not in dataset {name!r}; valid: 0-{num_classes - 1}")
+    remap = np.full(num_classes, -1, np.int64)
+    remap[list(classes)] = np.arange(len(classes))
+    views = {}
+    for split_name, split in full.items():
+        keep = remap[split.labels] >= 0
+        views[split_name] = Split(split.images[keep], remap[split.labels[keep]])
+    return Dataset(spec, len(classes), tuple(names[c] for c in classes), views)

@@ -1,0 +1,62 @@
+"""From stored images to model input: channels, resize, normalise; and batch iterators."""
+
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tljax.errors import UserError
+
+_CHUNK = 512  # images resized per call: bounds host memory for large splits
+
+
+def preprocess(images: np.ndarray, prep) -> np.ndarray:
+    """Returns float32 model input (n, size, size, channels) from uint8 or float images.
+
+    uint8 images are scaled to [0, 1]; grey becomes RGB by repetition and RGB becomes grey
+    by averaging; the resize is bilinear with antialiasing; then ``(x - mean) / std`` with
+    the model's (or weights') own statistics.
+    """
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise UserError(f"images must have rank 3 (n, h, w) or 4 (n, h, w, c); got shape "
+                        f"{images.shape}")
+    x = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else \
+        images.astype(np.float32)
+    have, want = x.shape[-1], prep.channels
+    if have == 1 and want == 3:
+        x = np.repeat(x, 3, axis=-1)
+    elif have == 3 and want == 1:
+        x = x.mean(axis=-1, keepdims=True)
+    elif have != want:
+        raise UserError(f"cannot turn {have}-channel images into the model's {want} channels; "
+                        "valid: 1 -> 3, 3 -> 1 or equal")
+    size = prep.image_size
+    if x.shape[1:3] != (size, size):
+        x = np.concatenate([
+            np.asarray(jax.image.resize(jnp.asarray(x[i:i + _CHUNK]),
+                                        (len(x[i:i + _CHUNK]), size, size, want), "bilinear"))
+            for i in range(0, len(x), _CHUNK)])
+    mean = np.asarray(prep.mean, np.float32)
+    std = np.asarray(prep.std, np.float32)
+    return (x - mean) / std
+
+
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> Iterator:
+    """Yields ``(images, labels)`` batches forever, reshuffled every epoch, full batches only.
+
+    The order depends on ``seed`` alone, so a run is reproducible end to end.
+    """
+    n = len(images)
+    if batch_size > n:
+        raise UserError(f"batch_size {batch_size} is larger than the training split ({n} "
+                        "examples); valid: 1..{n}".replace("{n}", str(n)))
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            idx = order[start:start + batch_size]
+            yield images[idx], labels[idx]

@@ -1,0 +1,219 @@
+"""Config -> runs: every strategy x seed trained and evaluated, one JSON line each.
+
+Setup is validated in full before any training (models, datasets, strategies, weights),
+so a typo costs seconds, not a half-finished sweep.
+"""
+
+import dataclasses
+import json
+import os
+import platform
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+import tljax
+from tljax import checkpoint, data, models, optim, strategies, train, weights
+from tljax.errors import UserError
+
+_OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+               "grad_clip", "warmup_steps")
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Preprocessed model inputs: ``{split name: (float images, labels)}``."""
+
+    num_classes: int
+    splits: dict
+
+
+def _load_inputs(cfg, spec: str, prep) -> Inputs:
+    ds = data.load(spec, data_dir=cfg.data_dir or None, download=cfg.download)
+    splits = {}
+    for name, split in ds.splits.items():
+        if len(split.labels) == 0:
+            raise UserError(f"split {name!r} of dataset {spec!r} is empty")
+        splits[name] = (data.preprocess(split.images, prep), split.labels)
+    for name, shifted_spec in cfg.shifted.items():
+        shifted = data.load(shifted_spec, data_dir=cfg.data_dir or None, download=cfg.download)
+        if shifted.num_classes != ds.num_classes:
+            raise UserError(f"shifted split {name!r} ({shifted_spec}) has {shifted.num_classes} "
+                            f"classes; the target dataset {spec!r} has {ds.num_classes}")
+        test = shifted.splits["test"]
+        splits[name] = (data.preprocess(test.images, prep), test.labels)
+    return Inputs(ds.num_classes, splits)
+
+
+def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
+    """Returns the optimisation settings for ``strategy``: the config's, then its overrides."""
+    run_cfg = ml_collections.ConfigDict({k: cfg[k] for k in _OPTIM_KEYS})
+    for key, value in cfg.per_strategy.get(strategy, {}).items():
+        if key not in _OPTIM_KEYS:
+            raise UserError(f"unknown per_strategy key {key!r} for {strategy!r}; known: "
+                            f"{', '.join(_OPTIM_KEYS)}")
+        run_cfg[key] = value
+    return run_cfg
+
+
+def _strategy_rules(cfg, strategy: str):
+    """Returns what ``strategies.labels`` takes: a named rule list from the config, or the spec."""
+    if strategy in cfg.rules:
+        return [tuple(item) for item in cfg.rules[strategy]]
+    return strategy
+
+
+def validate(cfg) -> models.Model:
+    """Checks every name and setting in ``cfg`` without training; returns the target model.
+
+    Raises ``UserError`` naming the first bad value and the valid ones.
+    """
+    if cfg.model not in models.names():
+        raise UserError(f"unknown model {cfg.model!r}; known: {', '.join(models.names())}")
+    if not cfg.strategies:
+        raise UserError("no strategies to run; set strategies, e.g. ['linear_probe', 'full_ft']")
+    if not cfg.seeds:
+        raise UserError("no seeds to run; set seeds, e.g. [0, 1, 2]")
+    for key in ("steps", "batch_size", "eval_batch_size"):
+        if int(cfg[key]) < 1:
+            raise UserError(f"{key} must be >= 1; got {cfg[key]}")
+    if cfg.optimizer not in optim.OPTIMIZERS:
+        raise UserError(f"unknown optimizer {cfg.optimizer!r}; known: "
+                        f"{', '.join(optim.OPTIMIZERS)}")
+    for spec in [cfg.dataset] + list(cfg.shifted.values()) + (
+            [cfg.pretrain.dataset] if cfg.pretrain.dataset else []):
+        name, _ = data.parse_spec(spec)
+        if name not in data.BUILTIN:
+            import tensorflow_datasets as tfds
+
+            if name not in tfds.list_builders(with_community_datasets=False):
+                raise UserError(f"unknown dataset {name!r}; known: {', '.join(data.BUILTIN)}, "
+                                "or any TFDS catalog name")
+    if cfg.weights and not os.path.exists(cfg.weights):
+        raise UserError(f"weights not found: {cfg.weights!r}")
+    model = models.create(cfg.model, 2, cfg.image_size, cfg.channels)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    for strategy in cfg.strategies:
+        strategies.labels(_strategy_rules(cfg, strategy), shapes["params"], model.blocks)
+        strategy_config(cfg, strategy)
+    return model
+
+
+def pretrain_source(cfg, workdir: str, log=print) -> str:
+    """Trains the source model on ``cfg.pretrain.dataset`` (full fine-tuning from random init)
+    unless a checkpoint of the same settings exists; returns its orbax checkpoint path.
+    """
+    p = cfg.pretrain
+    key = f"{cfg.model}-{cfg.image_size}-{cfg.channels}-{p.dataset}-{p.steps}-{p.lr}-" \
+          f"{p.batch_size}-{p.seed}".replace(":", "_").replace(",", "_")
+    path = os.path.join(os.path.abspath(workdir), "pretrained", key)
+    if os.path.isdir(path):
+        log(f"source model: reusing {path}")
+        return path
+    ds = data.load(p.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
+    model = models.create(cfg.model, ds.num_classes, cfg.image_size, cfg.channels)
+    x = data.preprocess(ds.splits["train"].images, model.preprocessing)
+    y = ds.splits["train"].labels
+    variables = model.init(jax.random.key(p.seed))
+    rules = strategies.labels("full_ft", variables["params"], model.blocks)
+    run_cfg = ml_collections.ConfigDict({k: cfg[k] for k in _OPTIM_KEYS})
+    run_cfg.update(steps=p.steps, lr=p.lr, batch_size=p.batch_size)
+    tx = optim.make(run_cfg, rules)
+    step = train.make_step(model.module, rules, tx)
+    state, _, seconds = train.fit(step, train.init_state(variables, tx),
+                                  data.batches(x, y, p.batch_size, p.seed), p.steps,
+                                  desc=f"pretrain on {p.dataset}")
+    final = {"params": state.params, "batch_stats": state.batch_stats}
+    xt = data.preprocess(ds.splits["test"].images, model.preprocessing)
+    metrics = train.evaluate(train.make_predict(model.module), final, xt,
+                             ds.splits["test"].labels, cfg.eval_batch_size)
+    checkpoint.save_variables(path, final)
+    log(f"source model: {cfg.model} trained on {p.dataset} for {p.steps} steps in "
+        f"{seconds:.1f}s, test accuracy {metrics['accuracy']:.3f}; saved to {path}")
+    return path
+
+
+def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strategy: str,
+            seed: int, workdir: str) -> dict:
+    """Trains and evaluates one (strategy, seed); returns its result record."""
+    run_cfg = strategy_config(cfg, strategy)
+    variables = model.init(jax.random.key(seed))
+    if weights_path:
+        variables = weights.load(weights_path, variables)
+    rules = strategies.labels(_strategy_rules(cfg, strategy), variables["params"], model.blocks)
+    trainable, total = strategies.count(variables["params"], rules)
+    frozen = strategies.frozen_blocks(rules, model.blocks)
+    tx = optim.make(run_cfg, rules)
+    step = train.make_step(model.module, rules, tx, frozen)
+    x, y = inputs.splits["train"]
+    record = {
+        "experiment": cfg.experiment, "model": cfg.model, "weights": cfg.weights or weights_path,
+        "dataset": cfg.dataset, "strategy": strategy, "seed": seed,
+        "trainable_params": trainable, "total_params": total,
+        "frozen_blocks": list(frozen), "steps": run_cfg.steps,
+        "optim": run_cfg.to_dict(), "devices": jax.device_count(),
+        "platform": jax.default_backend(),
+    }
+    try:
+        state, history, seconds = train.fit(
+            step, train.init_state(variables, tx),
+            data.batches(x, y, run_cfg.batch_size, seed), run_cfg.steps,
+            desc=f"{strategy} seed {seed}", log_every=cfg.log_every)
+    except FloatingPointError as e:
+        return {**record, "status": "failed", "error": str(e), "metrics": {}}
+    final = {"params": state.params, "batch_stats": state.batch_stats}
+    predict = train.make_predict(model.module)
+    metrics = {name: train.evaluate(predict, final, xs, ys, cfg.eval_batch_size)
+               for name, (xs, ys) in inputs.splits.items()}
+    safe = strategy.replace(":", "_").replace("+", "_").replace("/", "_")
+    ckpt = checkpoint.save_variables(
+        os.path.join(workdir, "checkpoints", f"{safe}-seed{seed}"), final)
+    return {**record, "train_seconds": round(seconds, 3), "history": history,
+            "metrics": metrics, "checkpoint": ckpt, "status": "ok"}
+
+
+def run(cfg, workdir: str, log=print) -> list:
+    """Runs every strategy x seed of ``cfg``; appends each record to ``workdir/results.jsonl``
+    as it finishes and returns the records of this call.
+    """
+    model = validate(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+        raise UserError(f"workdir {workdir!r} is not writable")
+    target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
+    model = models.create(cfg.model, target.num_classes, cfg.image_size, cfg.channels)
+    inputs = _load_inputs(cfg, cfg.dataset, model.preprocessing)
+    n_train = len(inputs.splits["train"][1])
+    for strategy in cfg.strategies:
+        batch_size = strategy_config(cfg, strategy).batch_size
+        if batch_size > n_train:
+            raise UserError(f"batch_size {batch_size} is larger than the training split of "
+                            f"{cfg.dataset!r} ({n_train} examples); valid: 1..{n_train}")
+    weights_path = cfg.weights
+    if not weights_path and cfg.pretrain.dataset:
+        weights_path = pretrain_source(cfg, workdir, log)
+    records = []
+    results = os.path.join(workdir, "results.jsonl")
+    for strategy in cfg.strategies:
+        for seed in cfg.seeds:
+            start = time.time()
+            record = run_one(cfg, model, inputs, weights_path, strategy, int(seed), workdir)
+            record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), tljax=tljax.__version__,
+                          jax=jax.__version__, host=platform.node(),
+                          wall_seconds=round(time.time() - start, 3))
+            with open(results, "a") as f:
+                f.write(json.dumps(record, default=_json_default) + "\n")
+            test = record["metrics"].get("test", {}).get("accuracy", float("nan"))
+            log(f"{strategy:>14} seed {seed}: test accuracy {test:.3f}, "
+                f"{record['trainable_params']:,}/{record['total_params']:,} trainable, "
+                f"{record.get('train_seconds', 0):.1f}s [{record['status']}]")
+            records.append(record)
+    return records
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

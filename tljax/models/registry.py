@@ -1,0 +1,106 @@
+"""Models by name: module factory, block order, input spec and preprocessing."""
+
+import dataclasses
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tljax.errors import unknown
+from tljax.models import cnn, resnet
+from tljax.models.classifier import Classifier
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How raw uint8 images become model input: resize, channels, ``(x/255 - mean) / std``."""
+
+    image_size: int
+    channels: int
+    mean: tuple
+    std: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A classifier with everything the rest of tljax needs to know about it.
+
+    ``blocks`` is the block order, input to output, as ``(name, param-path regex)``; the
+    last block is always ``head``.
+    """
+
+    name: str
+    module: Classifier
+    blocks: tuple
+    preprocessing: Preprocessing
+
+    @property
+    def block_names(self) -> tuple:
+        """Returns the block names, input to output."""
+        return tuple(name for name, _ in self.blocks)
+
+    def dummy_input(self, batch: int = 1):
+        """Returns a zero batch shaped like this model's input."""
+        p = self.preprocessing
+        return jnp.zeros((batch, p.image_size, p.image_size, p.channels), jnp.float32)
+
+    def init(self, key) -> dict:
+        """Returns freshly initialised variables ``{"params": ..., "batch_stats": ...}``."""
+        variables = self.module.init(key, self.dummy_input(), train=False)
+        return jax.tree.map(lambda x: x, dict(variables))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Family:
+    backbone: Callable[[], nn.Module]
+    blocks: tuple
+    preprocessing: Preprocessing
+    description: str
+
+
+def _resnet(name: str) -> _Family:
+    block, depths = resnet.DEPTHS[name]
+    return _Family(lambda: resnet.ResNet(block, depths), resnet.blocks(depths),
+                   Preprocessing(224, 3, IMAGENET_MEAN, IMAGENET_STD),
+                   f"ResNet v1 {name[6:]} (torchvision names), 224 px RGB, ImageNet normalisation")
+
+
+_FAMILIES = {
+    "cnn": _Family(cnn.SmallCNN, cnn.BLOCKS, Preprocessing(16, 1, (0.5,), (0.5,)),
+                   "small 3-block CNN for tests and miniature experiments, 16 px grey"),
+    **{name: _resnet(name) for name in resnet.DEPTHS},
+}
+
+
+def names() -> list:
+    """Returns the registered model names, sorted."""
+    return sorted(_FAMILIES)
+
+
+def describe() -> dict:
+    """Returns ``{model name: one-line description}``."""
+    return {name: _FAMILIES[name].description for name in names()}
+
+
+def create(name: str, num_classes: int, image_size: int | None = None,
+           channels: int | None = None) -> Model:
+    """Returns the named model with a fresh ``num_classes``-way head.
+
+    ``image_size``/``channels`` override the family's input spec (e.g. ResNet on 64 px).
+    """
+    if name not in _FAMILIES:
+        raise unknown("model", name, names())
+    family = _FAMILIES[name]
+    prep = family.preprocessing
+    if channels is not None and channels != prep.channels:
+        mean = tuple(prep.mean[i % len(prep.mean)] for i in range(channels))
+        std = tuple(prep.std[i % len(prep.std)] for i in range(channels))
+        prep = dataclasses.replace(prep, channels=channels, mean=mean, std=std)
+    if image_size is not None:
+        prep = dataclasses.replace(prep, image_size=int(image_size))
+    module = Classifier(family.backbone(), num_classes)
+    return Model(name, module, family.blocks + (("head", r"head/.*"),), prep)

@@ -1,0 +1,114 @@
+"""ResNet v1 (18/34/50) with torchvision's module names and structure.
+
+Param paths mirror torchvision's state-dict keys (``conv1``, ``bn1``, ``layer1/0/conv1``,
+``layer1/0/downsample/0``, ...), so torchvision and timm weights map one to one. Like
+torchvision (v1.5), a bottleneck block strides in its 3x3 conv.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from tljax.models.layers import Conv, batch_norm
+
+
+class Downsample(nn.Module):
+    """The projection shortcut: ``0`` (1x1 conv) and ``1`` (BatchNorm), as in torchvision."""
+
+    features: int
+    strides: int
+    train: bool
+
+    @nn.compact
+    def __call__(self, x):
+        x = Conv(self.features, (1, 1), (self.strides, self.strides), name="0")(x)
+        return batch_norm(self.train, "1")(x)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+
+    planes: int
+    strides: int
+    train: bool
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x):
+        s = (self.strides, self.strides)
+        y = nn.relu(batch_norm(self.train, "bn1")(Conv(self.planes, (3, 3), s, 1, name="conv1")(x)))
+        y = batch_norm(self.train, "bn2")(Conv(self.planes, (3, 3), padding=1, name="conv2")(y))
+        if self.strides != 1 or x.shape[-1] != self.planes:
+            x = Downsample(self.planes, self.strides, self.train, name="downsample")(x)
+        return nn.relu(x + y)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 (x4 channels) with a residual connection (ResNet-50)."""
+
+    planes: int
+    strides: int
+    train: bool
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x):
+        out = self.planes * self.expansion
+        y = nn.relu(batch_norm(self.train, "bn1")(Conv(self.planes, (1, 1), name="conv1")(x)))
+        y = Conv(self.planes, (3, 3), (self.strides, self.strides), 1, name="conv2")(y)
+        y = nn.relu(batch_norm(self.train, "bn2")(y))
+        y = batch_norm(self.train, "bn3")(Conv(out, (1, 1), name="conv3")(y))
+        if self.strides != 1 or x.shape[-1] != out:
+            x = Downsample(out, self.strides, self.train, name="downsample")(x)
+        return nn.relu(x + y)
+
+
+class Stage(nn.Module):
+    """One ``layerN``: blocks named ``0``, ``1``, ...; the first one strides."""
+
+    block: type
+    planes: int
+    depth: int
+    strides: int
+    train: bool
+    frozen_blocks: Sequence[str]
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.depth):
+            block_train = self.train and f"{self.name}.{i}" not in self.frozen_blocks
+            x = self.block(self.planes, self.strides if i == 0 else 1, block_train, name=str(i))(x)
+        return x
+
+
+class ResNet(nn.Module):
+    """ResNet v1 backbone: stem, four stages, global average pool (no ``fc``)."""
+
+    block: type
+    depths: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
+        """Returns pooled features, shape (batch, 512 * block.expansion)."""
+        stem_train = train and "stem" not in frozen_blocks
+        x = Conv(64, (7, 7), (2, 2), 3, name="conv1")(x)
+        x = nn.relu(batch_norm(stem_train, "bn1")(x))
+        x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        for i, (depth, planes) in enumerate(zip(self.depths, (64, 128, 256, 512))):
+            x = Stage(self.block, planes, depth, 1 if i == 0 else 2, train, tuple(frozen_blocks),
+                      name=f"layer{i + 1}")(x)
+        return jnp.mean(x, axis=(1, 2))
+
+
+def blocks(depths: Sequence[int]) -> tuple:
+    """Returns the block order ``(name, param-path regex)``, input to output, without the head."""
+    order = [("stem", r"backbone/(conv1|bn1)/.*")]
+    for s, depth in enumerate(depths, start=1):
+        order += [(f"layer{s}.{i}", rf"backbone/layer{s}/{i}/.*") for i in range(depth)]
+    return tuple(order)
+
+
+DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)),
+          "resnet34": (BasicBlock, (3, 4, 6, 3)),
+          "resnet50": (Bottleneck, (3, 4, 6, 3))}

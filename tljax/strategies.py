@@ -1,0 +1,234 @@
+"""Transfer strategies as data: an ordered ``(regex, rule)`` list -> one rule per param.
+
+Param paths are ``/``-joined (``backbone/layer4/1/conv2/kernel``) and matched with
+``re.fullmatch``; the first matching pattern wins and every param must match one.
+A rule is ``"freeze"``, ``"train"`` or ``("train", lr_mult)``. Named presets expand to such
+lists from the model's block order (input to output, ``head`` last)::
+
+    labels("last_k:2", params, model.blocks)      # preset with its argument after ':'
+    labels([(r"head/.*", "train"), (r".*", "freeze")], params, model.blocks)
+
+A block all of whose params are frozen is a *frozen block*: its BatchNorm runs on running
+statistics, which are never updated.
+"""
+
+import dataclasses
+import re
+from typing import Callable, Sequence
+
+from flax import traverse_util
+
+from tljax.errors import UserError, unknown
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What happens to one param: trained (with an LR multiplier) or frozen."""
+
+    trainable: bool
+    lr_mult: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """Returns the optax group label: ``frozen`` or ``train@<lr_mult>``."""
+        return f"train@{self.lr_mult:g}" if self.trainable else "frozen"
+
+
+FREEZE = Rule(False, 0.0)
+TRAIN = Rule(True, 1.0)
+
+# Norm layers as the families name them: BatchNorm (bn1, _bn0, downsample/1), LayerNorm
+# (LayerNorm, norm1, ln_1), GroupNorm (gn); their params are a scale and a bias.
+NORM_PARAM = r"(?i)(.*/)?(\w*bn\d*|\w*norm\w*|ln\w*|gn\d*|downsample/1)/(scale|bias|weight)"
+
+
+def parse_rule(rule) -> Rule:
+    """Returns the Rule for ``"freeze"``, ``"train"``, ``("train", lr_mult)`` or a Rule."""
+    if isinstance(rule, Rule):
+        return rule
+    if rule == "freeze":
+        return FREEZE
+    if rule == "train":
+        return TRAIN
+    if isinstance(rule, (list, tuple)) and len(rule) == 2 and rule[0] == "train":
+        try:
+            mult = float(rule[1])
+        except (TypeError, ValueError):
+            raise UserError(f"bad lr_mult {rule[1]!r} in rule {rule!r}; expected a number") from None
+        return Rule(True, mult) if mult > 0 else FREEZE
+    raise UserError(f"unknown rule {rule!r}; known: 'freeze', 'train', ['train', lr_mult]")
+
+
+# ---------------------------------------------------------------------------- presets
+
+
+def _backbone_blocks(blocks) -> list:
+    return [b for b in blocks if b[0] != "head"]
+
+
+def _int_arg(name: str, arg: str | None, lo: int, hi: int) -> int:
+    try:
+        k = int(arg)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} needs an integer argument ({name}:K, {lo} <= K <= {hi}); "
+                        f"got {arg!r}") from None
+    if not lo <= k <= hi:
+        raise UserError(f"{name}:{k} is out of range; valid: {lo} <= K <= {hi}")
+    return k
+
+
+def _linear_probe(blocks, arg):
+    return [(r"head/.*", "train"), (r".*", "freeze")]
+
+
+def _full_ft(blocks, arg):
+    return [(r".*", "train")]
+
+
+def _last_k(blocks, arg):
+    body = _backbone_blocks(blocks)
+    k = _int_arg("last_k", arg, 0, len(body))
+    return [(pattern, "train") for _, pattern in body[len(body) - k:]] + _linear_probe(blocks, arg)
+
+
+def _first_k(blocks, arg):
+    body = _backbone_blocks(blocks)
+    k = _int_arg("first_k", arg, 0, len(body))
+    return [(pattern, "train") for _, pattern in body[:k]] + _linear_probe(blocks, arg)
+
+
+def _surgical(blocks, arg):
+    body = dict(_backbone_blocks(blocks))
+    chosen = [b for b in (arg or "").split("+") if b]
+    if not chosen:
+        raise UserError(f"surgical needs block names (surgical:BLOCK[+BLOCK]); known: "
+                        f"{', '.join(body)}")
+    for b in chosen:
+        if b not in body:
+            raise unknown("block", b, body)
+    return [(body[b], "train") for b in chosen] + _linear_probe(blocks, arg)
+
+
+def _bitfit(blocks, arg):
+    return [(r".*/bias", "train")] + _linear_probe(blocks, arg)
+
+
+def _norm_only(blocks, arg):
+    return [(NORM_PARAM, "train")] + _linear_probe(blocks, arg)
+
+
+def _llrd(blocks, arg):
+    try:
+        decay = float(arg)
+    except (TypeError, ValueError):
+        raise UserError(f"llrd needs a decay (llrd:D, 0 < D <= 1); got {arg!r}") from None
+    if not 0 < decay <= 1:
+        raise UserError(f"llrd:{arg} is out of range; valid: 0 < D <= 1")
+    # The head gets the base LR; each block below it one more factor of decay (timm, BEiT).
+    depth = len(blocks) - 1
+    return [(pattern, ("train", decay ** (depth - i))) for i, (_, pattern) in enumerate(blocks)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named strategy: its expansion, its argument (if any) and what it does."""
+
+    expand: Callable
+    arg: str | None
+    description: str
+
+
+PRESETS = {
+    "linear_probe": Preset(_linear_probe, None, "train the head only"),
+    "full_ft": Preset(_full_ft, None, "train every param"),
+    "last_k": Preset(_last_k, "K", "train the last K backbone blocks and the head"),
+    "first_k": Preset(_first_k, "K", "train the first K backbone blocks and the head"),
+    "surgical": Preset(_surgical, "BLOCK[+BLOCK]",
+                       "train the named blocks and the head (Lee et al. 2023)"),
+    "bitfit": Preset(_bitfit, None, "train every bias and the head (Ben Zaken et al. 2022)"),
+    "norm_only": Preset(_norm_only, None, "train norm-layer scales/biases and the head"),
+    "llrd": Preset(_llrd, "D", "train all, LR x D per block below the head (layer-wise decay)"),
+}
+
+
+def expand(strategy, blocks) -> list:
+    """Returns the ``(regex, Rule)`` list for a preset spec (``"last_k:2"``) or a rule list."""
+    if isinstance(strategy, str):
+        name, _, arg = strategy.partition(":")
+        if name not in PRESETS:
+            raise unknown("strategy", name, PRESETS)
+        preset = PRESETS[name]
+        if preset.arg is None and arg:
+            raise UserError(f"strategy {name!r} takes no argument; got {strategy!r}")
+        if preset.arg is not None and not arg:
+            raise UserError(f"strategy {name!r} needs an argument: {name}:{preset.arg}")
+        strategy = preset.expand(blocks, arg or None)
+    rules = []
+    for item in strategy:
+        if not isinstance(item, (list, tuple)) or len(item) != 2:
+            raise UserError(f"bad strategy entry {item!r}; expected (regex, rule)")
+        pattern, rule = item
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise UserError(f"bad regex {pattern!r} in strategy: {e}") from None
+        rules.append((compiled, parse_rule(rule)))
+    return rules
+
+
+def labels(strategy, params, blocks) -> dict:
+    """Returns a pytree shaped like ``params`` holding one ``Rule`` per leaf.
+
+    Raises ``UserError`` naming every param no pattern matches.
+    """
+    rules = expand(strategy, blocks)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    out, unmatched = {}, []
+    for path in flat:
+        rule = next((r for pattern, r in rules if pattern.fullmatch(path)), None)
+        if rule is None:
+            unmatched.append(path)
+        out[path] = rule
+    if unmatched:
+        shown = ", ".join(unmatched[:20]) + (f", ... ({len(unmatched)} in all)"
+                                            if len(unmatched) > 20 else "")
+        raise UserError(f"strategy leaves params unmatched: {shown}")
+    return traverse_util.unflatten_dict(out, sep="/")
+
+
+def frozen_blocks(rules, blocks) -> tuple:
+    """Returns the names of blocks all of whose params are frozen, input to output."""
+    flat = traverse_util.flatten_dict(rules, sep="/")
+    trained = set()
+    for path, rule in flat.items():
+        if rule.trainable:
+            trained.add(_block_of(path, blocks))
+    return tuple(name for name, _ in blocks if name not in trained)
+
+
+def batch_stats_rules(rules, batch_stats, blocks) -> dict:
+    """Returns a Rule per ``batch_stats`` leaf: trained (updated) unless its block is frozen."""
+    frozen = set(frozen_blocks(rules, blocks))
+    flat = traverse_util.flatten_dict(batch_stats, sep="/")
+    return traverse_util.unflatten_dict(
+        {p: FREEZE if _block_of(p, blocks) in frozen else TRAIN for p in flat}, sep="/")
+
+
+def count(params, rules) -> tuple:
+    """Returns ``(trainable, total)`` param counts."""
+    sizes = traverse_util.flatten_dict(params, sep="/")
+    flat = traverse_util.flatten_dict(rules, sep="/")
+    total = sum(int(v.size) for v in sizes.values())
+    return sum(int(sizes[p].size) for p, r in flat.items() if r.trainable), total
+
+
+def _block_of(path: str, blocks: Sequence) -> str:
+    for name, pattern in blocks:
+        if re.fullmatch(pattern, path):
+            return name
+    raise ValueError(f"param {path!r} belongs to no block; blocks: {[b for b, _ in blocks]}")
+
+
+def describe() -> dict:
+    """Returns ``{preset spec: description}`` (``last_k:K``, ...) for ``tljax list``."""
+    return {name + (f":{p.arg}" if p.arg else ""): p.description for name, p in PRESETS.items()}

@@ -1,0 +1,140 @@
+"""The jit-compiled train step, evaluation and the fit loop.
+
+The step splits params by rule into a trainable and a frozen part and differentiates
+only the trainable part: JAX linearises nothing that does not depend on it, so no
+backward pass runs through a frozen prefix (the linear probe's step costs a forward pass
+and the head's gradient). Frozen params are passed through untouched, so they stay
+bit-identical; BatchNorm in frozen blocks runs on running statistics and never updates.
+"""
+
+import time
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import traverse_util
+from sklearn.metrics import f1_score
+from tqdm.auto import tqdm
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step reads and writes; a pytree, so it checkpoints as one."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def init_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+    """Returns the state at step 0 for ``variables`` (``params`` and maybe ``batch_stats``)."""
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params))
+
+
+def _split(params, trainable_paths):
+    flat = traverse_util.flatten_dict(params)
+    trainable = {k: v for k, v in flat.items() if k in trainable_paths}
+    frozen = {k: v for k, v in flat.items() if k not in trainable_paths}
+    return trainable, frozen
+
+
+def _variables(params, batch_stats) -> dict:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=()) -> Callable:
+    """Returns ``step(state, images, labels) -> (state, {"loss", "accuracy"})``, jit-compiled.
+
+    ``rules`` is the pytree of ``strategies.Rule``; ``frozen_blocks`` the blocks whose
+    BatchNorm stays in inference mode.
+    """
+    trainable_paths = frozenset(
+        k for k, r in traverse_util.flatten_dict(rules).items() if r.trainable)
+    frozen_blocks = tuple(frozen_blocks)
+
+    def loss_fn(trainable, frozen, batch_stats, images, labels):
+        params = traverse_util.unflatten_dict({**trainable, **frozen})
+        logits, mutated = module.apply(
+            _variables(params, batch_stats), images, train=True,
+            frozen_blocks=frozen_blocks, mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, mutated.get("batch_stats", batch_stats))
+
+    def step(state: TrainState, images, labels):
+        trainable, frozen = _split(state.params, trainable_paths)
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, frozen, state.batch_stats, images, labels)
+        # Frozen grads are exact zeros, never computed: set_to_zero drops them and
+        # they add nothing to the clipping norm.
+        full_grads = traverse_util.unflatten_dict(
+            {**grads, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
+        updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+        flat_updates = traverse_util.flatten_dict(updates)
+        # Only trainable leaves are written; frozen ones are passed through as they were.
+        new_trainable = {k: optax.apply_updates(v, flat_updates[k]) for k, v in trainable.items()}
+        params = traverse_util.unflatten_dict({**new_trainable, **frozen})
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+        return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
+
+    return jax.jit(step, donate_argnums=0)
+
+
+def make_predict(module) -> Callable:
+    """Returns ``predict(variables, images) -> logits`` in inference mode, jit-compiled."""
+    return jax.jit(lambda variables, images: module.apply(variables, images, train=False))
+
+
+def evaluate(predict: Callable, variables: dict, images: np.ndarray, labels: np.ndarray,
+             batch_size: int) -> dict:
+    """Returns ``{"accuracy", "macro_f1", "loss"}`` of ``variables`` on one split.
+
+    The last partial batch is padded to ``batch_size`` so one compiled shape serves all.
+    """
+    n = len(images)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    logits = []
+    for start in range(0, n, batch_size):
+        batch = images[start:start + batch_size]
+        pad = batch_size - len(batch)
+        if pad:
+            batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+        logits.append(np.asarray(predict(variables, batch))[:batch_size - pad])
+    logits = np.concatenate(logits).astype(np.float64)
+    log_probs = logits - logits.max(-1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+    predictions = logits.argmax(-1)
+    return {
+        "accuracy": float(np.mean(predictions == labels)),
+        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+        "loss": float(-np.mean(log_probs[np.arange(n), labels])),
+    }
+
+
+def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
+        desc: str = "train", log_every: int = 50) -> tuple:
+    """Runs ``num_steps`` steps over ``batches``; returns ``(state, history, seconds)``.
+
+    ``history`` holds ``{"step", "loss", "accuracy"}`` every ``log_every`` steps and at the
+    end; ``seconds`` is the wall time of the loop, compilation included.
+    """
+    history = []
+    start = time.perf_counter()
+    bar = tqdm(range(num_steps), desc=desc, leave=False, disable=None)
+    for i in bar:
+        images, labels = next(batches)
+        state, metrics = step(state, images, labels)
+        if (i + 1) % log_every == 0 or i + 1 == num_steps:
+            metrics = {k: float(v) for k, v in metrics.items()}
+            if not np.isfinite(metrics["loss"]):
+                raise FloatingPointError(f"loss is {metrics['loss']} at step {i + 1}")
+            history.append({"step": i + 1, **metrics})
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+    jax.block_until_ready(state.params)
+    return state, history, time.perf_counter() - start
