@@ -62,7 +62,8 @@ def test_list_names_models_datasets_and_strategies(capsys):
 BAD = [
     (["run", "no/such/config.py"], "config file not found: 'no/such/config.py'"),
     (["run", MAIN, "--set", "stpes=3"], "unknown config key 'stpes'; known:"),
-    (["run", MAIN, "--set", "model=resnet19"], "unknown model 'resnet19'; known: cnn, resnet18"),
+    (["run", MAIN, "--set", "model=resnet19"],
+     "unknown model 'resnet19'; known: bert_minilm_l6, cnn, efficientnet_lite0, resnet18"),
     (["run", MAIN, "--set", "dataset=digitz"], "unknown dataset 'digitz'; known: digits"),
     (["run", MAIN, "--set", "strategies=[\"bitfti\"]"], "unknown strategy 'bitfti'; known: bitfit"),
     (["run", MAIN, "--set", "rules={\"mine\": [[\"(head\", \"train\"]]}",

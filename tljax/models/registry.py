@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from tljax.errors import unknown
-from tljax.models import cnn, resnet
+from tljax.models import bert, cnn, efficientnet, resnet
 from tljax.models.classifier import Classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -17,12 +17,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-    """How raw uint8 images become model input: resize, channels, ``(x/255 - mean) / std``."""
+    """How raw data becomes model input.
+
+    Images (``kind="image"``): resize to ``image_size``, ``channels``, ``(x/255 - mean) / std``.
+    Text (``kind="text"``): token ids packed as (n, 3, ``max_tokens``) by ``tljax.text``.
+    """
 
     image_size: int
     channels: int
     mean: tuple
     std: tuple
+    kind: str = "image"
+    max_tokens: int = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,7 @@ class Model:
     module: Classifier
     blocks: tuple
     preprocessing: Preprocessing
+    torch_names: dict = dataclasses.field(default_factory=dict)
 
     @property
     def block_names(self) -> tuple:
@@ -46,6 +53,8 @@ class Model:
     def dummy_input(self, batch: int = 1):
         """Returns a zero batch shaped like this model's input."""
         p = self.preprocessing
+        if p.kind == "text":
+            return jnp.zeros((batch, 3, p.max_tokens), jnp.int32)
         return jnp.zeros((batch, p.image_size, p.image_size, p.channels), jnp.float32)
 
     def init(self, key) -> dict:
@@ -60,19 +69,32 @@ class _Family:
     blocks: tuple
     preprocessing: Preprocessing
     description: str
+    torch_names: dict = dataclasses.field(default_factory=dict)  # see weights.torch_names
 
 
 def _resnet(name: str) -> _Family:
     block, depths = resnet.DEPTHS[name]
     return _Family(lambda: resnet.ResNet(block, depths), resnet.blocks(depths),
                    Preprocessing(224, 3, IMAGENET_MEAN, IMAGENET_STD),
-                   f"ResNet v1 {name[6:]} (torchvision names), 224 px RGB, ImageNet normalisation")
+                   f"ResNet v1 {name[6:]} (torchvision/timm names), 224 px RGB, ImageNet "
+                   "normalisation", {"head": ("fc",)})
 
 
 _FAMILIES = {
     "cnn": _Family(cnn.SmallCNN, cnn.BLOCKS, Preprocessing(16, 1, (0.5,), (0.5,)),
                    "small 3-block CNN for tests and miniature experiments, 16 px grey"),
     **{name: _resnet(name) for name in resnet.DEPTHS},
+    "efficientnet_lite0": _Family(
+        efficientnet.EfficientNetLite, efficientnet.blocks(),
+        Preprocessing(224, 3, (127 / 255,) * 3, (128 / 255,) * 3),
+        "EfficientNet-Lite0 (PyTorch-port names), 224 px RGB, (x - 127) / 128",
+        {"head": ("_fc",)}),
+    "bert_minilm_l6": _Family(
+        lambda: bert.Bert(bert.MINILM_L6, "mean"), bert.blocks(bert.MINILM_L6, "mean"),
+        Preprocessing(0, 0, (), (), kind="text", max_tokens=128),
+        "BERT encoder, 6 layers x 384 (all-MiniLM-L6-v2 shape), mean pooling; token ids",
+        {"head": ("classifier",), "strip": "bert.", "ignore": r"pooler\..*",
+         "embeddings": r"embeddings\.\w+_embeddings"}),
 }
 
 
@@ -103,4 +125,4 @@ def create(name: str, num_classes: int, image_size: int | None = None,
     if image_size is not None:
         prep = dataclasses.replace(prep, image_size=int(image_size))
     module = Classifier(family.backbone(), num_classes)
-    return Model(name, module, family.blocks + (("head", r"head/.*"),), prep)
+    return Model(name, module, family.blocks + (("head", r"head/.*"),), prep, family.torch_names)

@@ -7,32 +7,24 @@ fills a model's backbone from them, strictly, keeping its fresh head unless aske
 import hashlib
 import os
 
-from tljax.errors import UserError
+from tljax.weights.readers import FORMATS, read
 from tljax.weights.strict import assign, flatten_variables
+from tljax.weights.torch_names import is_tljax_naming, to_tljax
 
 
-def read(path: str) -> dict:
-    """Returns ``{name: np.ndarray}`` from the weights at ``path``.
+def load(source: str, variables: dict, torch_names: dict | None = None,
+         keep_head: bool = False) -> dict:
+    """Returns ``variables`` with the backbone (and head if ``keep_head``) from ``source``.
 
-    Formats: an orbax checkpoint directory of tljax variables (names
-    ``params/backbone/...``, ``batch_stats/...``).
+    ``source`` is any format ``read`` knows. Tensors named the PyTorch way are converted
+    with ``torch_names`` (the family's rules: ``head``, ``embeddings``, ``ignore``,
+    ``strip``; see ``torch_names.to_tljax``); tljax-named ones (orbax) are taken as they
+    are. Strict: one error names every missing, unexpected or mis-shaped tensor.
     """
-    if not os.path.exists(path):
-        raise UserError(f"weights not found: {path!r}")
-    if os.path.isdir(path):
-        from tljax.checkpoint import restore_variables
-
-        try:
-            return flatten_variables(restore_variables(path))
-        except Exception as e:  # orbax raises many types for a bad directory
-            raise UserError(f"cannot read orbax checkpoint {path!r}: "
-                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    raise UserError(f"unknown weights format for {path!r}; known: orbax checkpoint directory")
-
-
-def load(source: str, variables: dict, keep_head: bool = False) -> dict:
-    """Returns ``variables`` with the backbone (and head if ``keep_head``) from ``source``."""
-    return assign(variables, read(source), keep_head=keep_head)
+    tensors = read(source)
+    if not is_tljax_naming(tensors):
+        tensors = to_tljax(tensors, **(torch_names or {}))
+    return assign(variables, tensors, keep_head=keep_head)
 
 
 def fingerprint(source: str) -> str:
@@ -48,4 +40,4 @@ def fingerprint(source: str) -> str:
     return h.hexdigest()[:16]
 
 
-__all__ = ["assign", "fingerprint", "flatten_variables", "load", "read"]
+__all__ = ["FORMATS", "assign", "fingerprint", "flatten_variables", "load", "read"]
