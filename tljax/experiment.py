@@ -17,6 +17,12 @@ import numpy as np
 import tljax
 from tljax import checkpoint, data, models, optim, strategies, train, weights
 from tljax.errors import UserError
+from tljax.models import zoo
+
+# per_block: BatchNorm trains (batch statistics, running stats updated) in every block that
+# has a trainable param; eval: every BatchNorm runs on its running statistics throughout,
+# the usual choice for fine-tuning with small batches.
+BN_MODES = ("per_block", "eval")
 
 _OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "grad_clip", "warmup_steps")
@@ -65,6 +71,18 @@ def _strategy_rules(cfg, strategy: str):
     return strategy
 
 
+def create_model(cfg, num_classes: int) -> models.Model:
+    """Returns the config's model; pretrained weights by name bring their own preprocessing."""
+    if cfg.weights in zoo.names():
+        return zoo.create(cfg.weights, num_classes, cfg.image_size)
+    return models.create(cfg.model, num_classes, cfg.image_size, cfg.channels)
+
+
+def resolve_weights(cfg) -> str:
+    """Returns the weights file or checkpoint path of ``cfg.weights`` ('' for random init)."""
+    return zoo.path(cfg.weights) if cfg.weights in zoo.names() else cfg.weights
+
+
 def validate(cfg) -> models.Model:
     """Checks every name and setting in ``cfg`` without training; returns the target model.
 
@@ -91,9 +109,18 @@ def validate(cfg) -> models.Model:
             if name not in tfds.list_builders(with_community_datasets=False):
                 raise UserError(f"unknown dataset {name!r}; known: {', '.join(data.BUILTIN)}, "
                                 "or any TFDS catalog name")
-    if cfg.weights and not os.path.exists(cfg.weights):
-        raise UserError(f"weights not found: {cfg.weights!r}")
-    model = models.create(cfg.model, 2, cfg.image_size, cfg.channels)
+    if cfg.bn_mode not in BN_MODES:
+        raise UserError(f"unknown bn_mode {cfg.bn_mode!r}; known: {', '.join(BN_MODES)}")
+    if cfg.weights in zoo.names():
+        entry = zoo.entry(cfg.weights)
+        if entry.model != cfg.model:
+            raise UserError(f"weights {cfg.weights!r} are for model {entry.model!r}, not "
+                            f"{cfg.model!r}; set model={entry.model}")
+        zoo.path(cfg.weights)  # names the package to install when it is missing
+    elif cfg.weights and not os.path.exists(cfg.weights):
+        raise UserError(f"weights not found: {cfg.weights!r}; known pretrained names: "
+                        f"{', '.join(zoo.names())}, or a file/checkpoint path")
+    model = create_model(cfg, 2)
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     for strategy in cfg.strategies:
         strategies.labels(_strategy_rules(cfg, strategy), shapes["params"], model.blocks)
@@ -141,10 +168,12 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
     run_cfg = strategy_config(cfg, strategy)
     variables = model.init(jax.random.key(seed))
     if weights_path:
-        variables = weights.load(weights_path, variables)
+        variables = weights.load(weights_path, variables, model.torch_names)
     rules = strategies.labels(_strategy_rules(cfg, strategy), variables["params"], model.blocks)
     trainable, total = strategies.count(variables["params"], rules)
     frozen = strategies.frozen_blocks(rules, model.blocks)
+    if cfg.bn_mode == "eval":
+        frozen = model.block_names
     tx = optim.make(run_cfg, rules)
     step = train.make_step(model.module, rules, tx, frozen)
     x, y = inputs.splits["train"]
@@ -152,7 +181,7 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
         "experiment": cfg.experiment, "model": cfg.model, "weights": cfg.weights or weights_path,
         "dataset": cfg.dataset, "strategy": strategy, "seed": seed,
         "trainable_params": trainable, "total_params": total,
-        "frozen_blocks": list(frozen), "steps": run_cfg.steps,
+        "frozen_blocks": list(frozen), "bn_mode": cfg.bn_mode, "steps": run_cfg.steps,
         "optim": run_cfg.to_dict(), "devices": jax.device_count(),
         "platform": jax.default_backend(),
     }
@@ -179,11 +208,12 @@ def run(cfg, workdir: str, log=print) -> list:
     as it finishes and returns the records of this call.
     """
     model = validate(cfg)
+    _enable_compilation_cache()
     os.makedirs(workdir, exist_ok=True)
     if not os.access(workdir, os.W_OK):
         raise UserError(f"workdir {workdir!r} is not writable")
     target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
-    model = models.create(cfg.model, target.num_classes, cfg.image_size, cfg.channels)
+    model = create_model(cfg, target.num_classes)
     inputs = _load_inputs(cfg, cfg.dataset, model.preprocessing)
     n_train = len(inputs.splits["train"][1])
     for strategy in cfg.strategies:
@@ -191,7 +221,7 @@ def run(cfg, workdir: str, log=print) -> list:
         if batch_size > n_train:
             raise UserError(f"batch_size {batch_size} is larger than the training split of "
                             f"{cfg.dataset!r} ({n_train} examples); valid: 1..{n_train}")
-    weights_path = cfg.weights
+    weights_path = resolve_weights(cfg)
     if not weights_path and cfg.pretrain.dataset:
         weights_path = pretrain_source(cfg, workdir, log)
     records = []
@@ -211,6 +241,15 @@ def run(cfg, workdir: str, log=print) -> list:
                 f"{record.get('train_seconds', 0):.1f}s [{record['status']}]")
             records.append(record)
     return records
+
+
+def _enable_compilation_cache() -> None:
+    """Keeps compiled steps on disk: the same strategy under another seed (or run) then
+    skips XLA compilation, which costs seconds per step function on CPU."""
+    path = os.environ.get("TLJAX_COMPILATION_CACHE",
+                          os.path.expanduser("~/.cache/tljax/jax_compilation_cache"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def _json_default(obj):

