@@ -104,3 +104,16 @@ def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("tljax: error: unknown model 'vgg99'")
     assert "Traceback" not in proc.stderr
+
+
+def test_convert_writes_an_orbax_checkpoint_equal_to_the_imported_weights(tmp_path):
+    import jax
+
+    from tljax import models
+
+    assert cli.main(["convert", "efficientnet_lite0", str(tmp_path / "ckpt")]) == 0
+    restored = ocp.StandardCheckpointer().restore(str(tmp_path / "ckpt"))
+    _, variables = models.pretrained("efficientnet_lite0")
+    assert restored["params"]["head"]["kernel"].shape == (1280, 1000)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(a, b)

@@ -95,3 +95,141 @@ def test_minilm_classifier_mean_pools_the_pretrained_encoder():
     hidden = module.apply(encoder_vars, tokens[:, 0], tokens[:, 1], tokens[:, 2])
     m = tokens[:, 1, :, None]
     np.testing.assert_allclose(features, (hidden * m).sum(1) / m.sum(1), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer_type,depths,name", [
+    ("basic", [2, 2, 2, 2], "resnet18"), ("bottleneck", [3, 4, 6, 3], "resnet50")])
+def test_resnet_matches_hugging_face_resnet_model(tmp_path, layer_type, depths, name):
+    from transformers import ResNetConfig, ResNetModel
+
+    from tljax import weights
+
+    hidden = [64, 128, 256, 512] if layer_type == "basic" else [256, 512, 1024, 2048]
+    torch.manual_seed(0)
+    ref = ResNetModel(ResNetConfig(layer_type=layer_type, depths=depths, hidden_sizes=hidden))
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BN is exercised
+        for module in ref.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    ref.eval()
+    torch.save(ref.state_dict(), tmp_path / "resnet.bin")
+
+    model = models.create(name, 10, image_size=64)
+    variables = weights.load(str(tmp_path / "resnet.bin"),
+                             model.init(jax.random.key(0)), model.torch_names)
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    ours = np.asarray(model.module.apply(variables, x, method="features"))
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).pooler_output
+    assert np.abs(ours - theirs.numpy().reshape(2, -1)).max() <= 1e-4
+
+
+def test_torchvision_resnet18_layout_matches():
+    torchvision = pytest.importorskip(
+        "torchvision", reason="torchvision is not installable beside torch 2.13.0 CPU here")
+    ref = torchvision.models.resnet18().eval()
+    from tljax.weights.torch_names import to_tljax
+    from tljax.weights.strict import assign
+
+    model = models.create("resnet18", 1000, image_size=64)
+    tensors = to_tljax({k: v.numpy() for k, v in ref.state_dict().items()}, **model.torch_names)
+    variables = assign(model.init(jax.random.key(0)), tensors, keep_head=True)
+    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    assert np.abs(np.asarray(model.module.apply(variables, x)) - theirs).max() <= 1e-4
+
+
+def test_vit_matches_hugging_face_vit_model(tmp_path):
+    from safetensors.torch import save_file
+    from transformers import ViTConfig, ViTModel
+
+    from tljax import weights
+    from tljax.models import registry
+
+    torch.manual_seed(0)
+    ref = ViTModel(ViTConfig(hidden_size=192, num_hidden_layers=12, num_attention_heads=3,
+                             intermediate_size=768, image_size=224, patch_size=16,
+                             layer_norm_eps=1e-6)).eval()
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
+              str(tmp_path / "vit.safetensors"))
+    model = registry.create("vit_ti16", 10)
+    variables = weights.load(str(tmp_path / "vit.safetensors"), model.init(jax.random.key(0)),
+                             model.torch_names)
+    x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype(np.float32)
+    ours = np.asarray(model.module.apply(variables, x, method="features"))
+    with torch.no_grad():
+        theirs = ref(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+    assert np.abs(ours - theirs.last_hidden_state[:, 0].numpy()).max() <= 1e-4
+
+
+def _torchvision_vgg16():
+    """torchvision's VGG-16 layout in plain torch (same module indices and forward)."""
+    nn = torch.nn
+    layers, cin = [], 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+              512, 512, 512, "M"):
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, v, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = v
+
+    class VGG16(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(*layers)
+            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+            self.classifier = nn.Sequential(
+                nn.Linear(25088, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 4096),
+                nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 1000))
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+    return VGG16().eval()
+
+
+def _keras_h5(path, state):
+    """Writes ``state`` (torchvision VGG16) as a Keras 2 ``.h5`` (HWIO kernels, HWC flatten)."""
+    import h5py
+
+    from tljax.models import vgg
+
+    names = [f"block{b}_conv{c}" for b, n in zip(range(1, 6), (2, 2, 3, 3, 3))
+             for c in range(1, n + 1)]
+    with h5py.File(path, "w") as f:
+        g = f.create_group("model_weights")
+        for name, index in zip(names, vgg.conv_indices()):
+            w = state[f"features.{index}.weight"].numpy().transpose(2, 3, 1, 0)
+            g[f"{name}/{name}/kernel:0"] = w
+            g[f"{name}/{name}/bias:0"] = state[f"features.{index}.bias"].numpy()
+        fc1 = state["classifier.0.weight"].numpy().T.reshape(512, 7, 7, 4096).transpose(1, 2, 0, 3)
+        g["fc1/fc1/kernel:0"] = fc1.reshape(25088, 4096)
+        g["fc1/fc1/bias:0"] = state["classifier.0.bias"].numpy()
+        for keras, torch_name in (("fc2", "classifier.3"), ("predictions", "classifier.6")):
+            g[f"{keras}/{keras}/kernel:0"] = state[f"{torch_name}.weight"].numpy().T
+            g[f"{keras}/{keras}/bias:0"] = state[f"{torch_name}.bias"].numpy()
+
+
+def test_vgg16_from_torchvision_and_keras_names_matches_reference(tmp_path):
+    from tljax import weights
+
+    torch.manual_seed(0)
+    ref = _torchvision_vgg16()
+    state = ref.state_dict()
+    torch.save(state, tmp_path / "vgg16.pth")
+    _keras_h5(tmp_path / "vgg16.h5", state)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    model = models.create("vgg16", 1000, image_size=32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    empty = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    for source in ("vgg16.pth", "vgg16.h5"):
+        variables = weights.load(str(tmp_path / source), empty, model.torch_names, keep_head=True)
+        ours = np.asarray(model.module.apply(variables, x))
+        assert np.abs(ours - theirs).max() <= 1e-4, source

@@ -1,4 +1,4 @@
-"""``tljax run | list | report``: the command line.
+"""``tljax run | list | report | convert``: the command line.
 
 Bad input exits with code 2 and one line on stderr naming the bad value and the valid
 ones; nothing is written that claims success.
@@ -63,6 +63,38 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    import jax
+    import numpy as np
+
+    from tljax import checkpoint, models, weights
+    from tljax.models import zoo
+    from tljax.weights.torch_names import is_tljax_naming, to_tljax
+
+    source = zoo.path(args.src) if args.src in zoo.names() else args.src
+    model_name = args.model or (zoo.entry(args.src).model if args.src in zoo.names() else None)
+    if model_name is None:
+        raise UserError("convert needs --model for a weights file; known: "
+                        + ", ".join(models.names()))
+    if model_name not in models.names():
+        raise UserError(f"unknown model {model_name!r}; known: {', '.join(models.names())}")
+    tensors = weights.read(source)
+    rules = models.create(model_name, 2).torch_names
+    named = tensors if is_tljax_naming(tensors) else to_tljax(tensors, **rules)
+    head = named.get("params/head/bias")
+    num_classes = args.num_classes or (int(head.shape[0]) if head is not None else 1000)
+    keep_head = head is not None and int(head.shape[0]) == num_classes
+    model = models.create(model_name, num_classes)
+    shapes = jax.eval_shape(model.init, jax.random.key(0))
+    variables = model.init(jax.random.key(0)) if not keep_head else \
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    variables = weights.assign(dict(variables), named, keep_head=keep_head)
+    path = checkpoint.save_variables(args.dst, variables)
+    print(f"{source} -> {path}: {model_name}, {len(named)} tensors, head "
+          f"{'kept' if keep_head else 'fresh'} ({num_classes} classes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the CLI's argument parser."""
     parser = _Parser(prog="tljax", description="Transfer learning in JAX: probes vs fine-tuning.")
@@ -75,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=_cmd_run)
     lst = sub.add_parser("list", help="list models, datasets and strategies")
     lst.set_defaults(fn=_cmd_list)
+    conv = sub.add_parser("convert", help="convert weights to a tljax orbax checkpoint")
+    conv.add_argument("src", help="weights file (.pth/.bin/.safetensors/.npz/.h5) or pretrained name")
+    conv.add_argument("dst", help="orbax checkpoint directory to write")
+    conv.add_argument("--model", help="tljax model the weights are for (see `tljax list`)")
+    conv.add_argument("--num-classes", type=int, help="head size (default: the file's head)")
+    conv.set_defaults(fn=_cmd_convert)
     rep = sub.add_parser("report", help="print the Markdown report of a workdir")
     rep.add_argument("workdir")
     rep.set_defaults(fn=_cmd_report)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from tljax.errors import unknown
-from tljax.models import bert, cnn, efficientnet, resnet
+from tljax.models import bert, cnn, efficientnet, resnet, vgg, vit
 from tljax.models.classifier import Classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,7 +77,7 @@ def _resnet(name: str) -> _Family:
     return _Family(lambda: resnet.ResNet(block, depths), resnet.blocks(depths),
                    Preprocessing(224, 3, IMAGENET_MEAN, IMAGENET_STD),
                    f"ResNet v1 {name[6:]} (torchvision/timm names), 224 px RGB, ImageNet "
-                   "normalisation", {"head": ("fc",)})
+                   "normalisation", {"head": ("fc",), "rename": resnet.hf_to_torchvision})
 
 
 _FAMILIES = {
@@ -89,6 +89,20 @@ _FAMILIES = {
         Preprocessing(224, 3, (127 / 255,) * 3, (128 / 255,) * 3),
         "EfficientNet-Lite0 (PyTorch-port names), 224 px RGB, (x - 127) / 128",
         {"head": ("_fc",)}),
+    "vit_b16": _Family(
+        lambda: vit.ViT(vit.VIT_B16), vit.blocks(vit.VIT_B16),
+        Preprocessing(224, 3, (0.5,) * 3, (0.5,) * 3),
+        "ViT-B/16 (timm names; Hugging Face ViTModel converts), 224 px, (x - 0.5) / 0.5",
+        {"head": ("head",), "rename": vit.hf_to_timm}),
+    "vit_ti16": _Family(
+        lambda: vit.ViT(vit.VIT_TINY16), vit.blocks(vit.VIT_TINY16),
+        Preprocessing(224, 3, (0.5,) * 3, (0.5,) * 3),
+        "ViT-Ti/16 (timm names; Hugging Face ViTModel converts), 224 px, (x - 0.5) / 0.5",
+        {"head": ("head",), "rename": vit.hf_to_timm}),
+    "vgg16": _Family(
+        vgg.VGG, vgg.blocks(), Preprocessing(224, 3, IMAGENET_MEAN, IMAGENET_STD),
+        "VGG-16 (torchvision names; Keras .h5 converts), 224 px, ImageNet normalisation",
+        {"head": ("classifier.6",), "rename": vgg.keras_to_torchvision}),
     "bert_minilm_l6": _Family(
         lambda: bert.Bert(bert.MINILM_L6, "mean"), bert.blocks(bert.MINILM_L6, "mean"),
         Preprocessing(0, 0, (), (), kind="text", max_tokens=128),

@@ -5,6 +5,7 @@ Param paths mirror torchvision's state-dict keys (``conv1``, ``bn1``, ``layer1/0
 torchvision (v1.5), a bottleneck block strides in its 3x3 conv.
 """
 
+import re
 from typing import Sequence
 
 import flax.linen as nn
@@ -112,3 +113,31 @@ def blocks(depths: Sequence[int]) -> tuple:
 DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)),
           "resnet34": (BasicBlock, (3, 4, 6, 3)),
           "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
+_HF_RENAMES = [
+    (r"^(resnet\.)?embedder\.embedder\.convolution\.", "conv1."),
+    (r"^(resnet\.)?embedder\.embedder\.normalization\.", "bn1."),
+    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.convolution\.",
+     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.downsample.0."),
+    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.shortcut\.normalization\.",
+     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.downsample.1."),
+    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.convolution\.",
+     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.conv{int(m[4]) + 1}."),
+    (r"^(resnet\.)?encoder\.stages\.(\d)\.layers\.(\d+)\.layer\.(\d)\.normalization\.",
+     lambda m: f"layer{int(m[2]) + 1}.{m[3]}.bn{int(m[4]) + 1}."),
+    (r"^classifier\.1\.", "fc."),
+]
+
+
+def hf_to_torchvision(tensors: dict) -> dict:
+    """Returns Hugging Face ``ResNetModel`` tensors under torchvision's names.
+
+    torchvision/timm names pass through unchanged.
+    """
+    out = {}
+    for name, array in tensors.items():
+        for pattern, repl in _HF_RENAMES:
+            name = re.sub(pattern, repl, name)
+        out[name] = array
+    return out

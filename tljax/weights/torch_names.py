@@ -14,7 +14,7 @@ _BUFFERS = r"(.*\.)?(num_batches_tracked|position_ids)"
 
 
 def to_tljax(tensors: dict, head=(), embeddings: str = r"(?!)", ignore: str = r"(?!)",
-             strip: str = "") -> dict:
+             strip: str = "", rename=None) -> dict:
     """Returns ``{"params/backbone/conv1/kernel": array, ...}`` from torch-named tensors.
 
     Layouts: conv ``OIHW -> HWIO`` (depthwise ``(C,1,H,W) -> (H,W,1,C)``), conv1d
@@ -22,8 +22,12 @@ def to_tljax(tensors: dict, head=(), embeddings: str = r"(?!)", ignore: str = r"
     ``running_mean/var -> batch_stats mean/var``, embedding tables unchanged. Modules in
     ``head`` map to ``params/head``; names matching ``ignore`` and buffers
     (``num_batches_tracked``, ``position_ids``) are dropped; ``strip`` is a name prefix
-    to remove first (``module.``, ``bert.``).
+    to remove first (``module.``, ``bert.``); ``rename`` is the family's function from
+    another layout of the same architecture (Hugging Face's, say) to the one its modules
+    mirror.
     """
+    if rename is not None:
+        tensors = rename(tensors)
     out = {}
     for name, array in tensors.items():
         if strip and name.startswith(strip):

@@ -1,0 +1,155 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) with timm's module names
+(``patch_embed/proj``, ``cls_token``, ``pos_embed``, ``blocks/N/attn/qkv``, ``norm``),
+so timm weights map one to one; Hugging Face ``ViTModel`` weights map through
+``hf_to_timm``. Features are the class token after the final norm.
+"""
+
+import dataclasses
+import re
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """Architecture numbers of a ViT; the defaults are ViT-B/16 at 224 px."""
+
+    patch_size: int = 16
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_dim: int = 3072
+    image_size: int = 224
+    layer_norm_eps: float = 1e-6
+
+
+VIT_B16 = ViTConfig()
+VIT_TINY16 = ViTConfig(hidden_size=192, depth=12, num_heads=3, mlp_dim=768)
+
+
+class Attention(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.cfg
+        heads, dim = c.num_heads, c.hidden_size // c.num_heads
+        qkv = nn.Dense(3 * c.hidden_size, name="qkv")(x)
+        qkv = qkv.reshape(x.shape[:2] + (3, heads, dim))
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        weights = nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dim), axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape)
+        return nn.Dense(c.hidden_size, name="proj")(out)
+
+
+class Mlp(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.gelu(nn.Dense(self.cfg.mlp_dim, name="fc1")(x), approximate=False)
+        return nn.Dense(self.cfg.hidden_size, name="fc2")(x)
+
+
+class Block(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        eps = self.cfg.layer_norm_eps
+        x = x + Attention(self.cfg, name="attn")(nn.LayerNorm(eps, name="norm1")(x))
+        return x + Mlp(self.cfg, name="mlp")(nn.LayerNorm(eps, name="norm2")(x))
+
+
+class _PatchEmbed(nn.Module):
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        p = self.cfg.patch_size
+        x = nn.Conv(self.cfg.hidden_size, (p, p), (p, p), padding="VALID", name="proj")(x)
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class _Blocks(nn.Module):
+    """``blocks``: children named ``0``, ``1``, ... as in timm."""
+
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        for i in range(self.cfg.depth):
+            x = Block(self.cfg, name=str(i))(x)
+        return x
+
+
+class ViT(nn.Module):
+    """ViT backbone: patches + class token + position embeddings -> blocks -> norm -> CLS."""
+
+    cfg: ViTConfig = VIT_B16
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
+        """Returns the class token's features, shape (batch, hidden_size)."""
+        c = self.cfg
+        x = _PatchEmbed(c, name="patch_embed")(x)
+        n = (c.image_size // c.patch_size) ** 2
+        if x.shape[1] != n:
+            raise ValueError(f"ViT built for {c.image_size} px gets {x.shape[1]} patches, not {n}; "
+                             f"set image_size={c.image_size}")
+        init = nn.initializers.normal(0.02)
+        cls = self.param("cls_token", init, (1, 1, c.hidden_size))
+        pos = self.param("pos_embed", init, (1, n + 1, c.hidden_size))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, c.hidden_size)), x], 1) + pos
+        x = _Blocks(c, name="blocks")(x)
+        return nn.LayerNorm(c.layer_norm_eps, name="norm")(x)[:, 0]
+
+
+def blocks(cfg: ViTConfig = VIT_B16) -> tuple:
+    """Returns the block order ``(name, param-path regex)``, input to output, without the head."""
+    return ((("embed", r"backbone/(patch_embed/.*|cls_token|pos_embed)"),)
+            + tuple((f"blocks.{i}", rf"backbone/blocks/{i}/.*") for i in range(cfg.depth))
+            + (("norm", r"backbone/norm/.*"),))
+
+
+_HF_RENAMES = [
+    (r"^(vit\.)?embeddings\.cls_token$", "cls_token"),
+    (r"^(vit\.)?embeddings\.position_embeddings$", "pos_embed"),
+    (r"^(vit\.)?embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.(attention\.output\.dense|attention\.o_proj)\.",
+     r"blocks.\3.attn.proj."),
+    (r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\3.norm1."),
+    (r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\3.norm2."),
+    (r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.(intermediate\.dense|mlp\.fc1)\.",
+     r"blocks.\3.mlp.fc1."),
+    (r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.(output\.dense|mlp\.fc2)\.", r"blocks.\3.mlp.fc2."),
+    (r"^(vit\.)?layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+]
+_HF_QKV = re.compile(r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.attention\.(attention\.)?"
+                     r"(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)$")
+
+
+def hf_to_timm(tensors: dict) -> dict:
+    """Returns Hugging Face ViT tensors under timm's names (q, k, v fused into ``qkv``).
+
+    Names already in timm's layout pass through unchanged; HF's pooler is dropped.
+    """
+    out, qkv = {}, {}
+    for name, array in tensors.items():
+        m = _HF_QKV.match(name)
+        if m:
+            part = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}[m[5]]
+            qkv.setdefault((m[3], m[6]), {})[part] = array
+            continue
+        if re.match(r"^(vit\.)?pooler\.", name):
+            continue
+        for pattern, repl in _HF_RENAMES:
+            name = re.sub(pattern, repl, name)
+        out[name] = array
+    for (layer, leaf), parts in qkv.items():
+        out[f"blocks.{layer}.attn.qkv.{leaf}"] = np.concatenate([parts[0], parts[1], parts[2]])
+    return out
