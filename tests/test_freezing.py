@@ -138,3 +138,27 @@ def test_llrd_multipliers_decay_from_head_to_stem():
     assert rules["head/kernel"].lr_mult == 1.0
     assert rules["backbone/layer4/1/conv2/kernel"].lr_mult == 0.5
     assert rules["backbone/conv1/kernel"].lr_mult == 0.5 ** 9  # stem + 8 blocks below the head
+
+
+@pytest.mark.parametrize("strategy", ["linear_probe", "bitfit", "norm_only", "last_k:2", "full_ft"])
+def test_strategies_run_on_text_token_ids(strategy):
+    """The BERT classifier trains on packed token ids with the same presets."""
+    model = models.create("bert_minilm_l6", 3)
+    model = type(model)(model.name, model.module, model.blocks,
+                        type(model.preprocessing)(0, 0, (), (), "text", 16), model.torch_names)
+    variables = jax.tree.map(np.asarray, model.init(jax.random.key(0)))
+    rules = strategies.labels(strategy, variables["params"], model.blocks)
+    tx = optim.make(transfer(lr=1e-3, steps=5), rules)
+    step = train.make_step(model.module, rules, tx, strategies.frozen_blocks(rules, model.blocks))
+    rng = np.random.default_rng(0)
+    tokens = np.stack([rng.integers(1, 30000, (4, 16)), np.ones((4, 16), int),
+                       np.zeros((4, 16), int)], 1).astype(np.int32)
+    state = train.init_state(jax.tree.map(np.array, variables), tx)
+    for _ in range(2):
+        state, _ = step(state, tokens, np.array([0, 1, 2, 0]))
+    flat_rules = traverse_util.flatten_dict(rules)
+    before = traverse_util.flatten_dict(variables["params"])
+    after = traverse_util.flatten_dict(jax.device_get(state.params))
+    for p, r in flat_rules.items():
+        changed = not np.array_equal(before[p], after[p])
+        assert changed == r.trainable, (p, r)

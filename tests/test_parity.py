@@ -233,3 +233,32 @@ def test_vgg16_from_torchvision_and_keras_names_matches_reference(tmp_path):
         variables = weights.load(str(tmp_path / source), empty, model.torch_names, keep_head=True)
         ours = np.asarray(model.module.apply(variables, x))
         assert np.abs(ours - theirs).max() <= 1e-4, source
+
+
+def test_bert_base_cls_pooling_matches_hugging_face_pooler(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from tljax import weights
+    from tljax.models import bert, registry
+
+    torch.manual_seed(0)
+    small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=128, vocab_size=100)
+    ref = BertModel(BertConfig(**small)).eval()
+    torch.save(ref.state_dict(), tmp_path / "bert.bin")
+    cfg = bert.BertConfig(**small)
+    model = registry.create("bert_base", 3)
+    model = type(model)(model.name, model.module.clone(backbone=bert.Bert(cfg, "cls")),
+                        bert.blocks(cfg, "cls") + (("head", "head/.*"),), model.preprocessing,
+                        model.torch_names)
+    tokens = np.stack([np.random.default_rng(0).integers(1, 100, (2, 12)),
+                       np.array([[1] * 12, [1] * 7 + [0] * 5]), np.zeros((2, 12), int)], 1)
+    shapes = jax.eval_shape(model.module.init, jax.random.key(0), tokens)
+    variables = weights.load(str(tmp_path / "bert.bin"),
+                             jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes),
+                             model.torch_names)
+    ours = np.asarray(model.module.apply(variables, tokens, method="features"))
+    with torch.no_grad():
+        theirs = ref(input_ids=torch.from_numpy(tokens[:, 0]).long(),
+                     attention_mask=torch.from_numpy(tokens[:, 1]).long()).pooler_output.numpy()
+    assert np.abs(ours - theirs).max() <= 1e-4

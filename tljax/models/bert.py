@@ -29,6 +29,8 @@ class BertConfig:
 
 
 MINILM_L6 = BertConfig()
+BERT_BASE = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                       intermediate_size=3072)
 
 
 def _layer_norm(cfg, name):

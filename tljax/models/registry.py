@@ -109,6 +109,11 @@ _FAMILIES = {
         "BERT encoder, 6 layers x 384 (all-MiniLM-L6-v2 shape), mean pooling; token ids",
         {"head": ("classifier",), "strip": "bert.", "ignore": r"pooler\..*",
          "embeddings": r"embeddings\.\w+_embeddings"}),
+    "bert_base": _Family(
+        lambda: bert.Bert(bert.BERT_BASE, "cls"), bert.blocks(bert.BERT_BASE, "cls"),
+        Preprocessing(0, 0, (), (), kind="text", max_tokens=128),
+        "BERT-base encoder (Hugging Face names), CLS token through the pooler; token ids",
+        {"head": ("classifier",), "strip": "bert.", "embeddings": r"embeddings\.\w+_embeddings"}),
 }
 
 
