@@ -117,3 +117,31 @@ def test_convert_writes_an_orbax_checkpoint_equal_to_the_imported_weights(tmp_pa
     assert restored["params"]["head"]["kernel"].shape == (1280, 1000)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(variables)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_linear_probe_runs_on_cached_features_and_lp_ft_starts_from_its_head(tmp_path):
+    workdir = tmp_path / "lp"
+    proc = _tljax("run", SELF, "--workdir", str(workdir), "--set", "pretrain.steps=60",
+                  "seeds=[0]", "steps=1", "lr=1e-12", "warmup_steps=0",
+                  "strategies=[\"linear_probe\",\"lp_ft\"]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probe_run, lp_ft = [json.loads(line) for line in open(workdir / "results.jsonl")]
+    assert probe_run["probe"]["solver"] == "lbfgs"
+    grid = [r["l2"] for r in probe_run["probe"]["sweep"]]
+    assert grid == sorted(grid) and probe_run["probe"]["l2"] in grid
+    assert probe_run["metrics"]["test"]["accuracy"] > 0.5
+    assert lp_ft["probe"]["feature_cache_hit"]  # the same features, read from the cache
+    a = ocp.StandardCheckpointer().restore(probe_run["checkpoint"])["params"]["head"]
+    b = ocp.StandardCheckpointer().restore(lp_ft["checkpoint"])["params"]["head"]
+    # One step at a vanishing LR: lp_ft's head is still the probe's.
+    np.testing.assert_allclose(b["kernel"], a["kernel"], atol=1e-6)
+    assert lp_ft["metrics"]["test"]["accuracy"] == pytest.approx(
+        probe_run["metrics"]["test"]["accuracy"], abs=0.02)
+
+
+def test_probe_command_prints_a_k_shot_table(capsys):
+    assert cli.main(["probe", "--model", "cnn", "--dataset", "digits:0-4", "--shots", "5", "0",
+                     "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| shots | seeds | solver |" in out
+    assert "| 5 | 2 | lbfgs |" in out and "| all | 2 | lbfgs |" in out

@@ -1,4 +1,4 @@
-"""``tljax run | list | report | convert``: the command line.
+"""``tljax run | probe | list | report | convert``: the command line.
 
 Bad input exits with code 2 and one line on stderr naming the bad value and the valid
 ones; nothing is written that claims success.
@@ -7,6 +7,8 @@ ones; nothing is written that claims success.
 import argparse
 import os
 import sys
+
+import numpy as np
 
 from tljax.errors import UserError
 
@@ -95,6 +97,31 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_probe(args) -> int:
+    from tljax import config, experiment
+
+    cfg = config.transfer(experiment="probe", model=args.model, weights=args.weights or "",
+                          dataset=args.dataset)
+    overrides = [f"probe_solver={args.solver}"]
+    if args.image_size:
+        overrides.append(f"image_size={args.image_size}")
+    config.apply_overrides(cfg, overrides)
+    rows = experiment.probe_sweep(cfg, args.shots, args.seeds)
+    print("| shots | seeds | solver | L2 (per seed) | val acc | test acc (mean ± std) | "
+          "extract s | solve s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for k in args.shots:
+        rs = [r for r in rows if r["shots"] == k]
+        test = np.array([r["metrics"]["test"]["accuracy"] for r in rs])
+        val = np.mean([r["metrics"]["val"]["accuracy"] for r in rs])
+        l2 = ", ".join(f"{r['l2']:g}" for r in rs)
+        print(f"| {k or 'all'} | {len(rs)} | {args.solver} | {l2} | {val:.3f} | "
+              f"{test.mean():.3f} ± {test.std():.3f} | "
+              f"{sum(r['extract_seconds'] for r in rs):.1f} | "
+              f"{sum(r['solve_seconds'] for r in rs):.1f} |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the CLI's argument parser."""
     parser = _Parser(prog="tljax", description="Transfer learning in JAX: probes vs fine-tuning.")
@@ -107,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=_cmd_run)
     lst = sub.add_parser("list", help="list models, datasets and strategies")
     lst.set_defaults(fn=_cmd_list)
+    prb = sub.add_parser("probe", help="linear probe on cached features, optionally k-shot")
+    prb.add_argument("--model", required=True, help="model name (see `tljax list`)")
+    prb.add_argument("--weights", help="pretrained name, weights file or checkpoint")
+    prb.add_argument("--dataset", required=True, help="dataset spec, e.g. digits:5-9")
+    prb.add_argument("--shots", type=int, nargs="+", default=[0],
+                     help="examples per class for training (0 = all), e.g. 1 5 10 25")
+    prb.add_argument("--seeds", type=int, nargs="+", default=[0])
+    prb.add_argument("--solver", default="lbfgs", help="lbfgs | ridge | adam")
+    prb.add_argument("--image-size", type=int)
+    prb.set_defaults(fn=_cmd_probe)
     conv = sub.add_parser("convert", help="convert weights to a tljax orbax checkpoint")
     conv.add_argument("src", help="weights file (.pth/.bin/.safetensors/.npz/.h5) or pretrained name")
     conv.add_argument("dst", help="orbax checkpoint directory to write")

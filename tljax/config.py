@@ -51,6 +51,14 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.warmup_steps = 0
     c.per_strategy = ml_collections.ConfigDict()
     c.bn_mode = "per_block"
+    # Linear probes on cached features (tljax.probe): solver, L2 grid, cache ('' = default
+    # location, 'none' = off), and k-shot training subsets (0 = the whole train split).
+    c.probe_solver = "lbfgs"
+    c.probe_standardize = True  # Kumar et al. (2022): features scaled by train mean/std
+    c.probe_l2_grid = [float(x) for x in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0,
+                                           1e3, 1e4, 1e5)]
+    c.feature_cache = ""
+    c.shots = 0
     c.eval_batch_size = 256
     c.log_every = 50
     # A source model trained by the experiment itself, saved and loaded back as weights.

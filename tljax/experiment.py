@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 import tljax
-from tljax import checkpoint, data, models, optim, strategies, train, weights
+from tljax import checkpoint, data, models, optim, probe, strategies, train, weights
 from tljax.errors import UserError
 from tljax.models import zoo
 
@@ -26,6 +26,7 @@ BN_MODES = ("per_block", "eval")
 
 _OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "grad_clip", "warmup_steps")
+_PER_STRATEGY_KEYS = _OPTIM_KEYS + ("bn_mode",)
 
 
 @dataclasses.dataclass
@@ -54,13 +55,16 @@ def _load_inputs(cfg, spec: str, prep) -> Inputs:
 
 
 def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
-    """Returns the optimisation settings for ``strategy``: the config's, then its overrides."""
-    run_cfg = ml_collections.ConfigDict({k: cfg[k] for k in _OPTIM_KEYS})
+    """Returns the optimisation settings (and ``bn_mode``) for ``strategy``: the config's,
+    then its ``per_strategy`` overrides."""
+    run_cfg = ml_collections.ConfigDict({k: cfg[k] for k in _PER_STRATEGY_KEYS})
     for key, value in cfg.per_strategy.get(strategy, {}).items():
-        if key not in _OPTIM_KEYS:
+        if key not in _PER_STRATEGY_KEYS:
             raise UserError(f"unknown per_strategy key {key!r} for {strategy!r}; known: "
-                            f"{', '.join(_OPTIM_KEYS)}")
+                            f"{', '.join(_PER_STRATEGY_KEYS)}")
         run_cfg[key] = value
+    if run_cfg.bn_mode not in BN_MODES:
+        raise UserError(f"unknown bn_mode {run_cfg.bn_mode!r}; known: {', '.join(BN_MODES)}")
     return run_cfg
 
 
@@ -109,8 +113,11 @@ def validate(cfg) -> models.Model:
             if name not in tfds.list_builders(with_community_datasets=False):
                 raise UserError(f"unknown dataset {name!r}; known: {', '.join(data.BUILTIN)}, "
                                 "or any TFDS catalog name")
-    if cfg.bn_mode not in BN_MODES:
-        raise UserError(f"unknown bn_mode {cfg.bn_mode!r}; known: {', '.join(BN_MODES)}")
+    if cfg.probe_solver not in probe.SOLVERS:
+        raise UserError(f"unknown probe_solver {cfg.probe_solver!r}; known: "
+                        f"{', '.join(probe.SOLVERS)}")
+    if cfg.shots < 0:
+        raise UserError(f"shots must be >= 0 (0 = the whole train split); got {cfg.shots}")
     if cfg.weights in zoo.names():
         entry = zoo.entry(cfg.weights)
         if entry.model != cfg.model:
@@ -162,9 +169,44 @@ def pretrain_source(cfg, workdir: str, log=print) -> str:
     return path
 
 
+def _base(strategy: str) -> str:
+    return strategy.partition(":")[0]
+
+
+def _probe(cfg, model, variables, inputs: Inputs, seed: int) -> tuple:
+    """Fits the cached-feature probe; returns ``(ProbeResult, features, probe record)``."""
+    start = time.perf_counter()
+    cache = {"": None, "none": ""}.get(cfg.feature_cache, cfg.feature_cache)
+    features, hits = {}, []
+    for name, (xs, _) in inputs.splits.items():
+        features[name], hit = probe.extract_features(
+            model.module, variables, xs, cfg.eval_batch_size, cache,
+            key=f"{model.name}|{cfg.dataset}|{name}")
+        hits.append(hit)
+    extract_seconds = time.perf_counter() - start
+    xt, yt = features["train"], inputs.splits["train"][1]
+    if cfg.shots:
+        idx = data.k_shot_indices(yt, cfg.shots, seed)
+        xt, yt = xt[idx], yt[idx]
+    result = probe.fit_probe((xt, yt), (features["val"], inputs.splits["val"][1]),
+                             inputs.num_classes, cfg.probe_solver, tuple(cfg.probe_l2_grid),
+                             standardize=cfg.probe_standardize)
+    info = {"solver": result.solver, "l2": result.l2, "standardize": cfg.probe_standardize,
+            "sweep": result.sweep,
+            "extract_seconds": round(extract_seconds, 3),
+            "solve_seconds": round(result.seconds, 3), "feature_cache_hit": all(hits),
+            "train_examples": int(len(yt))}
+    return result, features, info
+
+
 def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strategy: str,
             seed: int, workdir: str) -> dict:
-    """Trains and evaluates one (strategy, seed); returns its result record."""
+    """Trains and evaluates one (strategy, seed); returns its result record.
+
+    ``linear_probe`` fits the head on cached features with ``cfg.probe_solver``;
+    ``lp_ft`` starts full fine-tuning from that head; every other strategy trains through
+    the network.
+    """
     run_cfg = strategy_config(cfg, strategy)
     variables = model.init(jax.random.key(seed))
     if weights_path:
@@ -172,35 +214,75 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
     rules = strategies.labels(_strategy_rules(cfg, strategy), variables["params"], model.blocks)
     trainable, total = strategies.count(variables["params"], rules)
     frozen = strategies.frozen_blocks(rules, model.blocks)
-    if cfg.bn_mode == "eval":
+    if run_cfg.bn_mode == "eval":
         frozen = model.block_names
-    tx = optim.make(run_cfg, rules)
-    step = train.make_step(model.module, rules, tx, frozen)
-    x, y = inputs.splits["train"]
     record = {
         "experiment": cfg.experiment, "model": cfg.model, "weights": cfg.weights or weights_path,
         "dataset": cfg.dataset, "strategy": strategy, "seed": seed,
-        "trainable_params": trainable, "total_params": total,
-        "frozen_blocks": list(frozen), "bn_mode": cfg.bn_mode, "steps": run_cfg.steps,
+        "trainable_params": trainable, "total_params": total, "shots": cfg.shots,
+        "frozen_blocks": list(frozen), "bn_mode": run_cfg.bn_mode,
         "optim": run_cfg.to_dict(), "devices": jax.device_count(),
         "platform": jax.default_backend(),
     }
-    try:
-        state, history, seconds = train.fit(
-            step, train.init_state(variables, tx),
-            data.batches(x, y, run_cfg.batch_size, seed), run_cfg.steps,
-            desc=f"{strategy} seed {seed}", log_every=cfg.log_every)
-    except FloatingPointError as e:
-        return {**record, "status": "failed", "error": str(e), "metrics": {}}
-    final = {"params": state.params, "batch_stats": state.batch_stats}
-    predict = train.make_predict(model.module)
-    metrics = {name: train.evaluate(predict, final, xs, ys, cfg.eval_batch_size)
-               for name, (xs, ys) in inputs.splits.items()}
+    seconds = 0.0
+    if _base(strategy) in ("linear_probe", "lp_ft"):
+        result, features, record["probe"] = _probe(cfg, model, variables, inputs, seed)
+        variables["params"]["head"] = {"kernel": result.kernel, "bias": result.bias}
+        seconds = record["probe"]["extract_seconds"] + record["probe"]["solve_seconds"]
+    if _base(strategy) == "linear_probe":
+        final = variables
+        metrics = {name: train.classification_metrics(result.logits(features[name]), ys)
+                   for name, (_, ys) in inputs.splits.items()}
+        chosen = next(r for r in record["probe"]["sweep"] if r["l2"] == result.l2)
+        record["steps"] = chosen["iterations"]  # L-BFGS iterations at the chosen L2
+    else:
+        tx = optim.make(run_cfg, rules)
+        step = train.make_step(model.module, rules, tx, frozen)
+        x, y = inputs.splits["train"]
+        if cfg.shots:
+            idx = data.k_shot_indices(y, cfg.shots, seed)
+            x, y = x[idx], y[idx]
+        try:
+            state, history, fit_seconds = train.fit(
+                step, train.init_state(variables, tx),
+                data.batches(x, y, min(run_cfg.batch_size, len(y)), seed), run_cfg.steps,
+                desc=f"{strategy} seed {seed}", log_every=cfg.log_every)
+        except FloatingPointError as e:
+            return {**record, "status": "failed", "error": str(e), "metrics": {}}
+        seconds += fit_seconds
+        final = {"params": state.params, "batch_stats": state.batch_stats}
+        predict = train.make_predict(model.module)
+        metrics = {name: train.evaluate(predict, final, xs, ys, cfg.eval_batch_size)
+                   for name, (xs, ys) in inputs.splits.items()}
+        record.update(steps=run_cfg.steps, history=history)
     safe = strategy.replace(":", "_").replace("+", "_").replace("/", "_")
     ckpt = checkpoint.save_variables(
         os.path.join(workdir, "checkpoints", f"{safe}-seed{seed}"), final)
-    return {**record, "train_seconds": round(seconds, 3), "history": history,
-            "metrics": metrics, "checkpoint": ckpt, "status": "ok"}
+    return {**record, "train_seconds": round(seconds, 3), "metrics": metrics,
+            "checkpoint": ckpt, "status": "ok"}
+
+
+def probe_sweep(cfg, shots=(0,), seeds=(0,)) -> list:
+    """Returns one row per (shots, seed): the cached-feature probe of ``cfg``'s model and
+    weights on ``cfg.dataset`` with ``cfg.probe_solver`` (shots 0 = the whole train split).
+    """
+    validate(cfg)
+    target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
+    model = create_model(cfg, target.num_classes)
+    inputs = _load_inputs(cfg, cfg.dataset, model.preprocessing)
+    variables = model.init(jax.random.key(0))
+    if resolve_weights(cfg):
+        variables = weights.load(resolve_weights(cfg), variables, model.torch_names)
+    rows = []
+    for k in shots:
+        for seed in seeds:
+            with cfg.unlocked():
+                cfg.shots = int(k)
+            result, features, info = _probe(cfg, model, variables, inputs, int(seed))
+            metrics = {name: train.classification_metrics(result.logits(features[name]), ys)
+                       for name, (_, ys) in inputs.splits.items()}
+            rows.append({"shots": int(k), "seed": int(seed), "metrics": metrics, **info})
+    return rows
 
 
 def run(cfg, workdir: str, log=print) -> list:
@@ -215,10 +297,10 @@ def run(cfg, workdir: str, log=print) -> list:
     target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
     model = create_model(cfg, target.num_classes)
     inputs = _load_inputs(cfg, cfg.dataset, model.preprocessing)
-    n_train = len(inputs.splits["train"][1])
+    n_train = cfg.shots * inputs.num_classes if cfg.shots else len(inputs.splits["train"][1])
     for strategy in cfg.strategies:
         batch_size = strategy_config(cfg, strategy).batch_size
-        if batch_size > n_train:
+        if batch_size > n_train and not cfg.shots:
             raise UserError(f"batch_size {batch_size} is larger than the training split of "
                             f"{cfg.dataset!r} ({n_train} examples); valid: 1..{n_train}")
     weights_path = resolve_weights(cfg)

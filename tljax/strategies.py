@@ -139,7 +139,12 @@ class Preset:
 
 
 PRESETS = {
-    "linear_probe": Preset(_linear_probe, None, "train the head only"),
+    "linear_probe": Preset(_linear_probe, None,
+                           "train the head only; in experiments: cached features + probe_solver"),
+    "linear_probe_sgd": Preset(_linear_probe, None,
+                               "train the head only, through the frozen network step by step"),
+    "lp_ft": Preset(_full_ft, None, "linear probe, then full fine-tuning from its head "
+                                    "(Kumar et al. 2022)"),
     "full_ft": Preset(_full_ft, None, "train every param"),
     "last_k": Preset(_last_k, "K", "train the last K backbone blocks and the head"),
     "first_k": Preset(_first_k, "K", "train the first K backbone blocks and the head"),

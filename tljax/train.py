@@ -90,31 +90,42 @@ def make_predict(module) -> Callable:
     return jax.jit(lambda variables, images: module.apply(variables, images, train=False))
 
 
-def evaluate(predict: Callable, variables: dict, images: np.ndarray, labels: np.ndarray,
-             batch_size: int) -> dict:
-    """Returns ``{"accuracy", "macro_f1", "loss"}`` of ``variables`` on one split.
-
-    The last partial batch is padded to ``batch_size`` so one compiled shape serves all.
-    """
-    n = len(images)
-    if n == 0:
-        raise ValueError("cannot evaluate on an empty split")
-    logits = []
-    for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
-        pad = batch_size - len(batch)
-        if pad:
-            batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-        logits.append(np.asarray(predict(variables, batch))[:batch_size - pad])
-    logits = np.concatenate(logits).astype(np.float64)
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Returns ``{"accuracy", "macro_f1", "loss"}`` (mean cross-entropy) of ``logits``."""
+    logits = np.asarray(logits, np.float64)
     log_probs = logits - logits.max(-1, keepdims=True)
     log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
     predictions = logits.argmax(-1)
     return {
         "accuracy": float(np.mean(predictions == labels)),
         "macro_f1": float(f1_score(labels, predictions, average="macro")),
-        "loss": float(-np.mean(log_probs[np.arange(n), labels])),
+        "loss": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
     }
+
+
+def predict_batched(fn: Callable, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Returns ``fn(batch)`` over ``inputs`` in batches, concatenated as numpy.
+
+    The last partial batch is padded to ``batch_size`` so one compiled shape serves all.
+    """
+    n = len(inputs)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    out = []
+    for start in range(0, n, batch_size):
+        batch = inputs[start:start + batch_size]
+        pad = batch_size - len(batch)
+        if pad:
+            batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
+        out.append(np.asarray(fn(batch))[:batch_size - pad])
+    return np.concatenate(out)
+
+
+def evaluate(predict: Callable, variables: dict, images: np.ndarray, labels: np.ndarray,
+             batch_size: int) -> dict:
+    """Returns ``{"accuracy", "macro_f1", "loss"}`` of ``variables`` on one split."""
+    logits = predict_batched(lambda batch: predict(variables, batch), images, batch_size)
+    return classification_metrics(logits, labels)
 
 
 def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,

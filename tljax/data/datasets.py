@@ -170,3 +170,18 @@ def load(spec: str, data_dir: str | None = None, download: bool = False,
         keep = remap[split.labels] >= 0
         views[split_name] = Split(split.images[keep], remap[split.labels[keep]])
     return Dataset(spec, len(classes), tuple(names[c] for c in classes), views)
+
+
+def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Returns sorted indices of ``k`` examples per class, drawn with ``seed``.
+
+    Raises ``UserError`` where a class has fewer than ``k`` examples.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < k:
+            raise UserError(f"{k}-shot needs {k} examples of class {c}; the split has {len(idx)}")
+        out.append(rng.choice(idx, k, replace=False))
+    return np.sort(np.concatenate(out))

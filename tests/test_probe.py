@@ -1,0 +1,106 @@
+"""Linear probes on cached features: solvers agree with references, the cache is real."""
+
+import jax
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+
+from tljax import models, probe
+from tljax.data import k_shot_indices
+
+
+@pytest.fixture(scope="module")
+def digit_features():
+    d = load_digits()
+    x = d.data.astype(np.float32)
+    mean, std = probe.standardizer(x)
+    return (x - mean) / std, d.target
+
+
+@pytest.mark.parametrize("l2", [1e-1, 1e-2, 1e-3])
+def test_lbfgs_agrees_with_sklearn_logistic_regression(digit_features, l2):
+    x, y = digit_features
+    params, _ = probe.fit_logistic(x, y, 10, l2, max_iter=2000, tol=1e-6)
+    # sklearn minimises C * sum(CE) + ||W||^2 / 2: the same problem at C = 1 / (l2 * n).
+    ref = LogisticRegression(C=1.0 / (l2 * len(x)), solver="lbfgs", tol=1e-10,
+                             max_iter=20000).fit(x, y)
+    theirs = {"kernel": ref.coef_.T.astype(np.float32), "bias": ref.intercept_.astype(np.float32)}
+    ours_obj = float(probe.logistic_objective(params, x, y, l2))
+    theirs_obj = float(probe.logistic_objective(theirs, x, y, l2))
+    assert abs(ours_obj - theirs_obj) <= 1e-4 * theirs_obj
+    np.testing.assert_array_equal((x @ params["kernel"] + params["bias"]).argmax(1),
+                                  ref.predict(x))
+
+
+def test_ridge_sweep_equals_the_direct_solution(digit_features):
+    x, y = digit_features
+    xt, yt, xv, yv = x[:1000], y[:1000], x[1000:], y[1000:]
+    for l2 in (1e-3, 1.0):
+        w, b, chosen, sweep = probe.sweep_ridge((xt, yt), (xv, yv), 10, grid=(l2,))
+        t = 2.0 * np.eye(10)[yt] - 1.0
+        xc, tc = xt - xt.mean(0), t - t.mean(0)
+        want = np.linalg.solve(xc.T @ xc + l2 * len(xt) * np.eye(xt.shape[1]), xc.T @ tc)
+        np.testing.assert_allclose(w, want, rtol=1e-3, atol=1e-5)
+        assert chosen == l2 and len(sweep) == 1
+
+
+def test_sweep_picks_l2_on_validation_and_folds_standardisation(digit_features):
+    d = load_digits()
+    x, y = d.data.astype(np.float32) * 3 + 1, d.target  # raw, unstandardised features
+    result = probe.fit_probe((x[:1000], y[:1000]), (x[1000:1400], y[1000:1400]), 10)
+    best = max(r["val_accuracy"] for r in result.sweep)
+    chosen = next(r for r in result.sweep if r["l2"] == result.l2)
+    assert chosen["val_accuracy"] == best
+    assert [r["l2"] for r in result.sweep] == sorted(probe.L2_GRID)
+    # The head works on raw features: same logits as on standardised ones.
+    mean, std = probe.standardizer(x[:1000])
+    w_std = result.kernel * std[:, None]
+    b_std = result.bias + mean @ result.kernel
+    np.testing.assert_allclose(result.logits(x[1400:]), ((x[1400:] - mean) / std) @ w_std + b_std,
+                               rtol=1e-4, atol=1e-3)
+    assert np.mean(result.logits(x[1400:]).argmax(1) == y[1400:]) > 0.85  # chance: 0.1
+
+
+def test_adam_head_learns(digit_features):
+    x, y = digit_features
+    result = probe.fit_probe((x[:1000], y[:1000]), (x[1000:1400], y[1000:1400]), 10, "adam")
+    assert np.mean(result.logits(x[1400:]).argmax(1) == y[1400:]) > 0.85  # chance: 0.1
+
+
+def test_features_are_cached_and_invalidated_by_weights_and_preprocessing(tmp_path, monkeypatch):
+    model = models.create("cnn", 3)
+    variables = jax.tree.map(np.asarray, model.init(jax.random.key(0)))
+    inputs = np.random.default_rng(0).normal(size=(10, 16, 16, 1)).astype(np.float32)
+    first, hit = probe.extract_features(model.module, variables, inputs, 4, str(tmp_path), "k")
+    assert not hit and first.shape == (10, 128)
+
+    calls = []
+    real_forward = probe._forward
+    monkeypatch.setattr(probe, "_forward", lambda *a: calls.append(1) or real_forward(*a))
+    again, hit = probe.extract_features(model.module, variables, inputs, 4, str(tmp_path), "k")
+    assert hit and not calls  # the second run did no forward pass
+    np.testing.assert_array_equal(again, first)
+
+    changed = jax.tree.map(np.copy, variables)
+    changed["params"]["backbone"]["block2"]["bn"]["bias"] += 0.5
+    _, hit = probe.extract_features(model.module, changed, inputs, 4, str(tmp_path), "k")
+    assert not hit and len(calls) == 1  # new weights: a new forward pass
+
+    _, hit = probe.extract_features(model.module, variables, inputs * 0.5, 4, str(tmp_path), "k")
+    assert not hit and len(calls) == 2  # new preprocessing (other model inputs): again
+
+    changed_head = jax.tree.map(np.copy, variables)
+    changed_head["params"]["head"]["bias"] += 1.0
+    _, hit = probe.extract_features(model.module, changed_head, inputs, 4, str(tmp_path), "k")
+    assert hit and len(calls) == 2  # the head does not change backbone features
+
+
+def test_k_shot_indices_take_k_per_class_and_depend_on_the_seed():
+    labels = np.repeat(np.arange(4), 20)
+    a = k_shot_indices(labels, 5, seed=0)
+    assert len(a) == 20 and all(np.sum(labels[a] == c) == 5 for c in range(4))
+    np.testing.assert_array_equal(a, k_shot_indices(labels, 5, seed=0))
+    assert not np.array_equal(a, k_shot_indices(labels, 5, seed=1))
+    with pytest.raises(ValueError, match="25-shot needs 25 examples of class 0"):
+        k_shot_indices(labels, 25, seed=0)

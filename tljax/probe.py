@@ -1,0 +1,270 @@
+"""Linear probes done right: features extracted once and cached, then closed-form or
+L-BFGS solvers on the cached features.
+
+The protocol of Kornblith et al. (2019) and Kumar et al. (2022): penultimate features of
+the frozen backbone (inference mode), standardised with the training split's mean and
+std, a multinomial logistic regression fitted with L-BFGS for every L2 strength on a log
+grid (warm-started from the previous, stronger one), the strength picked on the
+validation split. Also closed-form ridge regression to +-1 targets (one eigendecomposition
+serves every L2 value, as in big_vision's few-shot evaluator) and an Adam-trained head.
+The returned head works on raw features: the standardisation is folded into it.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tljax.errors import unknown
+from tljax.train import classification_metrics, predict_batched
+
+SOLVERS = ("lbfgs", "ridge", "adam")
+L2_GRID = tuple(float(x) for x in np.logspace(-6, 5, 12))
+_FEATURE_VERSION = "1"  # bump when what "features" means changes
+
+
+# ------------------------------------------------------------------ feature extraction
+
+
+def fingerprint_arrays(*trees) -> str:
+    """Returns a content hash of every array in ``trees`` (shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    for tree in trees:
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{jax.tree_util.keystr(path)}{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def default_cache_dir() -> str:
+    """Returns ``$TLJAX_FEATURE_CACHE``, else ``~/.cache/tljax/features``."""
+    return os.environ.get("TLJAX_FEATURE_CACHE", os.path.expanduser("~/.cache/tljax/features"))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _features(module, variables, batch):
+    # The module is static and the variables an argument: one compilation serves every
+    # split and call with the same batch shape.
+    return module.apply(variables, batch, train=False, method="features")
+
+
+def _forward(module, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Returns the backbone features of ``inputs``, jit-compiled, in inference mode."""
+    return predict_batched(lambda batch: _features(module, variables, batch), inputs,
+                           batch_size).astype(np.float32)
+
+
+def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: int = 256,
+                     cache_dir: str | None = None, key: str = "") -> tuple:
+    """Returns ``(features, cache_hit)`` for model inputs, cached on disk.
+
+    The cache key hashes ``key`` (model name, dataset, split), the backbone variables and
+    the model inputs themselves, so a change of weights, preprocessing or data makes a new
+    entry; the same request from any run or process reads the file and runs no forward
+    pass. ``cache_dir`` '' disables the cache.
+    """
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
+    backbone = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
+    digest = hashlib.sha256(
+        f"{_FEATURE_VERSION}|{key}|{fingerprint_arrays(backbone)}|"
+        f"{fingerprint_arrays(inputs)}".encode()).hexdigest()[:32]
+    path = os.path.join(cache_dir, f"{digest}.npy") if cache_dir else ""
+    if path and os.path.isfile(path):
+        return np.load(path), True
+    features = _forward(module, variables, inputs, batch_size)
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npy"
+        np.save(tmp, features)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return features, False
+
+
+# ------------------------------------------------------------------------------ solvers
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """A fitted head on raw features: ``logits = features @ kernel + bias``."""
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    solver: str
+    l2: float
+    sweep: list  # [{"l2", "val_accuracy", "val_loss", "iterations"}] in grid order
+    seconds: float
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """Returns the head's logits for raw (unstandardised) features."""
+        return features @ self.kernel + self.bias
+
+
+def standardizer(x: np.ndarray) -> tuple:
+    """Returns ``(mean, std)`` of the training features (std 1 where a feature is constant)."""
+    mean, std = x.mean(0), x.std(0)
+    return mean, np.where(std > 1e-12, std, 1.0)
+
+
+def fold_standardisation(kernel, bias, mean, std) -> tuple:
+    """Returns a head on raw features equal to ``kernel, bias`` on ``(x - mean) / std``."""
+    kernel_raw = kernel / std[:, None]
+    return kernel_raw, bias - mean @ kernel_raw
+
+
+def logistic_objective(params, x, y, l2):
+    """Returns mean softmax cross-entropy + ``l2 / 2 * ||kernel||^2`` (bias unpenalised)."""
+    logits = x @ params["kernel"] + params["bias"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return ce + 0.5 * l2 * jnp.sum(params["kernel"] ** 2)
+
+
+@jax.jit
+def _lbfgs(x, y, l2, init, max_iter, tol):
+    fun = lambda p: logistic_objective(p, x, y, l2)  # noqa: E731
+    solver = optax.lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(fun)
+
+    def step(carry):
+        params, state, i, _, previous = carry
+        value, grad = value_and_grad(params, state=state)
+        updates, state = solver.update(grad, state, params, value=value, grad=grad,
+                                       value_fn=fun)
+        return optax.apply_updates(params, updates), state, i + 1, optax.tree.norm(grad), value
+
+    def keep_going(carry):
+        _, state, i, grad_norm, previous = carry
+        value = optax.tree.get(state, "value")
+        # The gradient scales with l2 near the (tiny) solution of a strong penalty, and
+        # float32 cannot push it below tol * l2 there. An iteration that no longer lowers
+        # the objective (float32's floor on weakly regularised, separable problems, where
+        # line searches stall) ends the run instead of spending the whole budget.
+        stalled = (i > 1) & (previous - value <= 0.0)
+        return (i < max_iter) & (grad_norm > tol * jnp.maximum(1.0, l2)) & ~stalled
+
+    params, _, iters, _, _ = jax.lax.while_loop(
+        keep_going, step, (init, solver.init(init), 0, jnp.inf, jnp.inf))
+    return params, iters
+
+
+def fit_logistic(x, y, num_classes: int, l2: float, init=None, max_iter: int = 1000,
+                 tol: float = 1e-5) -> tuple:
+    """Returns ``(params, iterations)`` of L-BFGS on ``logistic_objective`` (float32).
+
+    Stops when the gradient norm falls below ``tol`` (times ``l2`` where that is above 1),
+    when an iteration no longer lowers the objective at all, or after
+    ``max_iter`` iterations.
+    """
+    if init is None:
+        init = {"kernel": jnp.zeros((x.shape[1], num_classes), jnp.float32),
+                "bias": jnp.zeros((num_classes,), jnp.float32)}
+    params, iters = _lbfgs(jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.float32(l2), init,
+                           max_iter, jnp.float32(tol))
+    return jax.tree.map(np.asarray, params), int(iters)
+
+
+def _pick(sweep: list) -> int:
+    """Returns the index of the best validation accuracy (ties: lower validation loss)."""
+    return min(range(len(sweep)), key=lambda i: (-sweep[i]["val_accuracy"], sweep[i]["val_loss"]))
+
+
+def sweep_logistic(train, val, num_classes: int, grid=L2_GRID, max_iter: int = 1000) -> tuple:
+    """Returns ``(kernel, bias, l2, sweep)`` on standardised features, L2 picked on ``val``.
+
+    The grid runs from the strongest L2 down, each fit warm-started from the previous.
+    """
+    (xt, yt), (xv, yv) = train, val
+    params, sweep, fits = None, [], {}
+    for l2 in sorted(grid, reverse=True):
+        params, iters = fit_logistic(xt, yt, num_classes, l2, params, max_iter)
+        m = classification_metrics(xv @ params["kernel"] + params["bias"], yv)
+        sweep.append({"l2": l2, "val_accuracy": m["accuracy"], "val_loss": m["loss"],
+                      "iterations": iters})
+        fits[l2] = params
+    sweep.sort(key=lambda r: r["l2"])
+    best = sweep[_pick(sweep)]
+    return fits[best["l2"]]["kernel"], fits[best["l2"]]["bias"], best["l2"], sweep
+
+
+def sweep_ridge(train, val, num_classes: int, grid=L2_GRID) -> tuple:
+    """Returns ``(kernel, bias, l2, sweep)`` of ridge regression to +-1 one-hot targets.
+
+    One eigendecomposition of the (centred) Gram matrix serves every L2 value. Works on
+    the smaller of the feature and sample dimensions.
+    """
+    (xt, yt), (xv, yv) = train, val
+    xt = np.asarray(xt, np.float64)
+    targets = 2.0 * np.eye(num_classes)[yt] - 1.0
+    x_mean, t_mean = xt.mean(0), targets.mean(0)
+    xc, tc = xt - x_mean, targets - t_mean
+    primal = xc.shape[1] <= xc.shape[0]
+    gram = xc.T @ xc if primal else xc @ xc.T
+    s, v = np.linalg.eigh(gram)
+    s = np.maximum(s, 0.0)
+    proj = v.T @ (xc.T @ tc) if primal else v.T @ tc
+    sweep, fits = [], {}
+    for l2 in grid:
+        # Same scaling as the logistic objective: the penalty is on the mean squared error.
+        lam = l2 * len(xt)
+        w = v @ (proj / (s + lam)[:, None]) if primal else xc.T @ (v @ (proj / (s + lam)[:, None]))
+        b = t_mean - x_mean @ w
+        m = classification_metrics(xv @ w + b, yv)
+        sweep.append({"l2": l2, "val_accuracy": m["accuracy"], "val_loss": m["loss"],
+                      "iterations": 0})
+        fits[l2] = (w, b)
+    best = sweep[_pick(sweep)]
+    w, b = fits[best["l2"]]
+    return w.astype(np.float32), b.astype(np.float32), best["l2"], sweep
+
+
+def fit_adam(train, val, num_classes: int, steps: int = 1000, lr: float = 1e-2,
+             batch_size: int = 256, l2: float = 0.0, seed: int = 0) -> tuple:
+    """Returns ``(kernel, bias, l2, sweep)`` of a head trained with Adam on minibatches."""
+    (xt, yt), (xv, yv) = train, val
+    params = {"kernel": jnp.zeros((xt.shape[1], num_classes)), "bias": jnp.zeros(num_classes)}
+    tx = optax.adam(lr)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, x, y):
+        grads = jax.grad(logistic_objective)(params, x, y, l2)
+        updates, state = tx.update(grads, state)
+        return optax.apply_updates(params, updates), state
+
+    rng = np.random.default_rng(seed)
+    batch_size = min(batch_size, len(xt))
+    for _ in range(steps):
+        idx = rng.choice(len(xt), batch_size, replace=False)
+        params, state = step(params, state, xt[idx], yt[idx])
+    params = jax.tree.map(np.asarray, params)
+    m = classification_metrics(xv @ params["kernel"] + params["bias"], yv)
+    sweep = [{"l2": l2, "val_accuracy": m["accuracy"], "val_loss": m["loss"], "iterations": steps}]
+    return params["kernel"], params["bias"], l2, sweep
+
+
+def fit_probe(train, val, num_classes: int, solver: str = "lbfgs", grid=L2_GRID,
+              standardize: bool = True) -> ProbeResult:
+    """Returns the head fitted on cached ``train = (features, labels)``, L2 chosen on ``val``.
+
+    Features are standardised with the training split's statistics (Kumar et al. 2022);
+    the returned head takes raw features.
+    """
+    if solver not in SOLVERS:
+        raise unknown("probe solver", solver, SOLVERS)
+    start = time.perf_counter()
+    (xt, yt), (xv, yv) = train, val
+    mean, std = standardizer(xt) if standardize else (np.zeros(xt.shape[1]), np.ones(xt.shape[1]))
+    train_s, val_s = ((xt - mean) / std, yt), ((xv - mean) / std, yv)
+    fit = {"lbfgs": sweep_logistic, "ridge": sweep_ridge, "adam": fit_adam}[solver]
+    kernel, bias, l2, sweep = fit(train_s, val_s, num_classes, **(
+        {"grid": grid} if solver != "adam" else {}))
+    kernel, bias = fold_standardisation(np.asarray(kernel, np.float32),
+                                        np.asarray(bias, np.float32), mean, std)
+    return ProbeResult(kernel.astype(np.float32), bias.astype(np.float32), solver, float(l2),
+                       sweep, time.perf_counter() - start)
