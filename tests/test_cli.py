@@ -35,7 +35,9 @@ def test_run_writes_results_checkpoints_and_table(tmp_path):
                     "trainable_params", "total_params", "steps", "train_seconds", "devices",
                     "metrics", "checkpoint", "status"):
             assert key in r, key
-        assert r["status"] == "ok" and r["steps"] == 30 and r["devices"] >= 1
+        assert r["status"] == "ok" and r["devices"] >= 1
+        # Steps through the network; the cached-feature probe counts L-BFGS iterations.
+        assert r["steps"] == 30 if r["strategy"] == "last_k:1" else r["steps"] >= 1
         assert set(r["metrics"]) == {"train", "val", "test"}
         assert set(r["metrics"]["test"]) == {"accuracy", "macro_f1", "loss"}
         assert r["metrics"]["test"]["accuracy"] > 0.5  # five classes: chance is 0.2
@@ -75,7 +77,7 @@ BAD = [
     (["run", "no/such/config.py"], "config file not found: 'no/such/config.py'"),
     (["run", MAIN, "--set", "stpes=3"], "unknown config key 'stpes'; known:"),
     (["run", MAIN, "--set", "model=resnet19"],
-     "unknown model 'resnet19'; known: bert_minilm_l6, cnn, efficientnet_lite0, resnet18"),
+     "unknown model 'resnet19'; known: bert_base, bert_minilm_l6, cnn, efficientnet_lite0"),
     (["run", MAIN, "--set", "dataset=digitz"], "unknown dataset 'digitz'; known: digits"),
     (["run", MAIN, "--set", "strategies=[\"bitfti\"]"], "unknown strategy 'bitfti'; known: bitfit"),
     (["run", MAIN, "--set", "rules={\"mine\": [[\"(head\", \"train\"]]}",
