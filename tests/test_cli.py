@@ -83,6 +83,22 @@ BAD = [
     (["run", MAIN, "--set", "rules={\"mine\": [[\"(head\", \"train\"]]}",
       "strategies=[\"mine\"]"], "bad regex '(head'"),
     (["run", MAIN, "--set", "weights=/no/such/weights"], "weights not found: '/no/such/weights'"),
+    (["run", MAIN, "--set", "steps=abc"], "bad value 'abc' for config key 'steps'; expected int"),
+    (["run", MAIN, "--set", "strategies=[\"last_k:abc\"]"], "last_k needs an integer argument"),
+    (["run", MAIN, "--set", "strategies=[\"surgical:layer9\"]"], "unknown block 'layer9'; known:"),
+    (["run", MAIN, "--set", "rules={\"mine\": [[\"head/.*\", \"train\"], "
+      "[\"nothing/.*\", \"train\"], [\".*\", \"freeze\"]]}", "strategies=[\"mine\"]"],
+     "strategy rule 'nothing/.*' matches no param"),
+    (["run", MAIN, "--set", "rules={\"mine\": [[\"head/.*\", \"train\"]]}",
+      "strategies=[\"mine\"]"], "strategy leaves params unmatched: backbone/"),
+    (["run", MAIN, "--set", "batch_size=5000"], "batch_size 5000 is larger than the training split"),
+    (["run", MAIN, "--set", "shifted={\"shift\": \"digits:0-2\"}"],
+     "shifted split 'shift' (digits:0-2) has 3 classes; the target dataset 'digits:5-9' has 5"),
+    (["run", MAIN, "--set", "bn_mode=train"], "unknown bn_mode 'train'; known: per_block, eval"),
+    (["run", MAIN, "--set", "probe_solver=newton"], "unknown probe_solver 'newton'; known: lbfgs"),
+    (["run", MAIN, "--set", "parallel=tpu"], "unknown parallel mode 'tpu'; known: mesh, pmap"),
+    (["run", MAIN, "--set", "weights=efficientnet_lite0", "model=resnet18"],
+     "weights 'efficientnet_lite0' are for model 'efficientnet_lite0', not 'resnet18'"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ]
 
@@ -96,9 +112,54 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
         sys.exit(cli.main(argv))
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert message in err, err
+    # One error line (a first use may print "preparing dataset" before it), no traceback.
+    assert [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]], err
+    assert "Traceback" not in err and message in err.splitlines()[-1], err
     assert not (tmp_path / "w" / "results.jsonl").exists()
+
+
+def _run_error(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        sys.exit(cli.main(argv))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    assert [line for line in err.splitlines() if "error" in line] == [err.splitlines()[-1]], err
+    return err
+
+
+def test_bad_weight_files_and_workdirs_exit_2_with_one_line(tmp_path, capsys):
+    from tljax import checkpoint, models
+
+    run = ["run", SELF, "--set", "pretrain.dataset=\"\"", "--workdir", str(tmp_path / "w")]
+    (tmp_path / "notes.txt").write_text("not weights")
+    err = _run_error(run + ["--set", f"weights={tmp_path / 'notes.txt'}"], capsys)
+    assert "unknown weights format" in err and "known: orbax directory, safetensors" in err
+    # A legacy torch file cut short: the magic number, then nothing.
+    (tmp_path / "cut.pth").write_bytes(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.\x80\x02")
+    err = _run_error(run + ["--set", f"weights={tmp_path / 'cut.pth'}"], capsys)
+    assert "cut.pth" in err and ("truncated" in err or "cannot read" in err)
+    other = checkpoint.save_variables(str(tmp_path / "r18"),
+                                      models.create("resnet18", 5).init(__import__("jax").random.key(0)))
+    err = _run_error(run + ["--set", f"weights={other}"], capsys)
+    assert "weights do not fit the model; missing: " in err
+    assert "params/backbone/block1/conv/kernel (3, 3, 32, 64)" in err
+    assert "unexpected: " in err and "params/backbone/layer4/1/conv2/kernel (3, 3, 512, 512)" in err
+    (tmp_path / "file").write_text("")
+    err = _run_error(["run", SELF, "--workdir", str(tmp_path / "file" / "sub")], capsys)
+    assert "is not writable" in err
+
+
+def test_empty_split_is_a_user_error(monkeypatch):
+    from tljax import config, data, experiment
+    from tljax.data import Dataset, Split
+
+    real = data.load("digits:0-4")
+    empty = Split(real.splits["val"].images[:0], real.splits["val"].labels[:0])
+    fake = Dataset("digits:0-4", 5, real.class_names, {**real.splits, "val": empty})
+    monkeypatch.setattr(data, "load", lambda *a, **k: fake)
+    with pytest.raises(experiment.UserError, match="split 'val' of dataset 'digits:0-4' is empty"):
+        experiment._load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
+                                experiment.models.create("cnn", 5).preprocessing)
 
 
 def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):

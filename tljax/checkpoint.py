@@ -30,3 +30,44 @@ def _to_numpy(tree):
     if isinstance(tree, dict):
         return {k: _to_numpy(v) for k, v in tree.items()}
     return np.asarray(tree)
+
+
+class RunCheckpoints:
+    """Checkpoints of one run's whole train state (params, batch_stats, optimizer state,
+    step) under ``directory``, through orbax's CheckpointManager: the newest two are kept;
+    a half-written one (a run killed mid-save) is never listed, and an unreadable one is
+    skipped, with a warning, for the one before it.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 2):
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def save(self, state, step: int) -> None:
+        """Writes ``state`` as step ``step`` and waits until it is on disk."""
+        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, like, warn=print) -> tuple:
+        """Returns ``(step, state)`` of the newest readable checkpoint, ``(0, None)`` if none.
+
+        ``like`` is a state of the same structure (shapes and dtypes are taken from it).
+        """
+        import jax
+
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return step, self.manager.restore(step, args=ocp.args.StandardRestore(target))
+            except Exception as e:  # orbax raises many types for a damaged checkpoint
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                warn(f"warning: checkpoint at step {step} in {self.directory} is unreadable "
+                     f"({first}); trying an earlier one")
+        return 0, None
+
+    def close(self) -> None:
+        """Releases the manager's resources."""
+        self.manager.close()

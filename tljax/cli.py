@@ -25,6 +25,10 @@ def _cmd_run(args) -> int:
 
     cfg = config.load(args.config)
     config.apply_overrides(cfg, args.set or [])
+    if args.distributed:
+        from tljax import parallel
+
+        parallel.initialize_multihost()
     workdir = args.workdir or os.path.join("runs", cfg.experiment)
     records = experiment.run(cfg, workdir, log=lambda msg: print(msg, file=sys.stderr))
     all_records = report.read_results(os.path.join(workdir, "results.jsonl"))
@@ -131,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", help="where results, checkpoints and the report go")
     run.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
                      help="override config keys; the value is JSON, else a string")
+    run.add_argument("--distributed", action="store_true",
+                     help="join a multi-host run (jax.distributed.initialize) before starting")
     run.set_defaults(fn=_cmd_run)
     lst = sub.add_parser("list", help="list models, datasets and strategies")
     lst.set_defaults(fn=_cmd_list)

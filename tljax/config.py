@@ -60,6 +60,13 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.feature_cache = ""
     c.shots = 0
     c.eval_batch_size = 256
+    # Scale and survival (tljax.parallel, tljax.train): data parallel over all devices,
+    # bf16 compute, micro-batch gradient accumulation, checkpoints every N steps.
+    c.parallel = "mesh"
+    c.fsdp_regex = ""
+    c.compute_dtype = "float32"
+    c.accum_steps = 1
+    c.checkpoint_every = 100
     c.log_every = 50
     # A source model trained by the experiment itself, saved and loaded back as weights.
     c.pretrain = ml_collections.ConfigDict(

@@ -8,14 +8,18 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import time
 
+import hashlib
+
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 import tljax
-from tljax import checkpoint, data, models, optim, probe, strategies, train, weights
+from tljax import checkpoint, data, models, optim, parallel, probe, strategies, train, weights
 from tljax.errors import UserError
 from tljax.models import zoo
 
@@ -23,6 +27,16 @@ from tljax.models import zoo
 # has a trainable param; eval: every BatchNorm runs on its running statistics throughout,
 # the usual choice for fine-tuning with small batches.
 BN_MODES = ("per_block", "eval")
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def config_hash(cfg) -> str:
+    """Returns a hash of every setting but the strategy and seed lists: runs with the same
+    hash, strategy and seed are the same run (finished ones are skipped, unfinished ones
+    resume)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in ("strategies", "seeds")}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()
+                          ).hexdigest()[:12]
 
 _OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
                "grad_clip", "warmup_steps")
@@ -116,6 +130,16 @@ def validate(cfg) -> models.Model:
     if cfg.probe_solver not in probe.SOLVERS:
         raise UserError(f"unknown probe_solver {cfg.probe_solver!r}; known: "
                         f"{', '.join(probe.SOLVERS)}")
+    parallel.check_mode(cfg.parallel)
+    if cfg.compute_dtype not in COMPUTE_DTYPES:
+        raise UserError(f"unknown compute_dtype {cfg.compute_dtype!r}; known: "
+                        f"{', '.join(COMPUTE_DTYPES)}")
+    for key in ("accum_steps",):
+        if int(cfg[key]) < 1:
+            raise UserError(f"{key} must be >= 1; got {cfg[key]}")
+    for strategy in cfg.strategies:
+        batch_size = strategy_config(cfg, strategy).batch_size
+        parallel.check_batch(batch_size, jax.device_count() * cfg.accum_steps)
     if cfg.shots < 0:
         raise UserError(f"shots must be >= 0 (0 = the whole train split); got {cfg.shots}")
     if cfg.weights in zoo.names():
@@ -199,8 +223,36 @@ def _probe(cfg, model, variables, inputs: Inputs, seed: int) -> tuple:
     return result, features, info
 
 
+def _safe(strategy: str) -> str:
+    return strategy.replace(":", "_").replace("+", "_").replace("/", "_")
+
+
+def _parallel_step(cfg, model, rules, tx, frozen, state) -> tuple:
+    """Returns ``(step(state, x, y), placed state, unplace)`` for ``cfg.parallel``.
+
+    ``unplace`` turns a placed state back into one host-side copy (for checkpoints).
+    """
+    n = jax.device_count()
+    dtype = COMPUTE_DTYPES[cfg.compute_dtype]
+    if cfg.parallel == "pmap":
+        pstep = parallel.pmap_step(train.make_step(
+            model.module, rules, tx, frozen, dtype, cfg.accum_steps, axis_name="data",
+            jit=False), n)
+
+        def step(st, x, y):
+            st, metrics = pstep(st, *parallel.split_batch(n, x, y))
+            return st, jax.tree.map(lambda m: m[0], metrics)
+
+        return step, parallel.replicate(state, n), parallel.unreplicate
+    mesh = parallel.make_mesh(n)
+    jstep = train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps)
+    placed = parallel.place_state(mesh, state, cfg.fsdp_regex)
+    return (lambda st, x, y: jstep(st, *parallel.shard_batch(mesh, x, y)), placed,
+            lambda st: jax.device_get(st))
+
+
 def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strategy: str,
-            seed: int, workdir: str) -> dict:
+            seed: int, workdir: str, log=print) -> dict:
     """Trains and evaluates one (strategy, seed); returns its result record.
 
     ``linear_probe`` fits the head on cached features with ``cfg.probe_solver``;
@@ -221,7 +273,9 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
         "dataset": cfg.dataset, "strategy": strategy, "seed": seed,
         "trainable_params": trainable, "total_params": total, "shots": cfg.shots,
         "frozen_blocks": list(frozen), "bn_mode": run_cfg.bn_mode,
-        "optim": run_cfg.to_dict(), "devices": jax.device_count(),
+        "optim": run_cfg.to_dict(), "devices": jax.device_count(), "parallel": cfg.parallel,
+        "compute_dtype": cfg.compute_dtype, "accum_steps": cfg.accum_steps,
+        "config_hash": config_hash(cfg),
         "platform": jax.default_backend(),
     }
     seconds = 0.0
@@ -237,27 +291,42 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
         record["steps"] = chosen["iterations"]  # L-BFGS iterations at the chosen L2
     else:
         tx = optim.make(run_cfg, rules)
-        step = train.make_step(model.module, rules, tx, frozen)
         x, y = inputs.splits["train"]
         if cfg.shots:
             idx = data.k_shot_indices(y, cfg.shots, seed)
             x, y = x[idx], y[idx]
+        run_key = f"{config_hash(cfg)}-{_safe(strategy)}-seed{seed}"
+        ckpts = checkpoint.RunCheckpoints(os.path.join(workdir, "state", run_key))
+        state = train.init_state(variables, tx)
+        start_step, restored = ckpts.restore_latest(state, warn=log)
+        if restored is not None:
+            state = restored
+            log(f"{strategy} seed {seed}: resuming from the checkpoint at step {start_step}")
+            record["resumed_from_step"] = start_step
+        step, state, unplace = _parallel_step(cfg, model, rules, tx, frozen, state)
         try:
             state, history, fit_seconds = train.fit(
-                step, train.init_state(variables, tx),
-                data.batches(x, y, min(run_cfg.batch_size, len(y)), seed), run_cfg.steps,
-                desc=f"{strategy} seed {seed}", log_every=cfg.log_every)
+                step, state,
+                data.batches(x, y, min(run_cfg.batch_size, len(y)), seed, skip=start_step),
+                run_cfg.steps, desc=f"{strategy} seed {seed}", log_every=cfg.log_every,
+                start_step=start_step, checkpoint=lambda st, i: ckpts.save(unplace(st), i),
+                checkpoint_every=cfg.checkpoint_every)
         except FloatingPointError as e:
+            log(f"{strategy} seed {seed}: {e}; stopped, the last good checkpoint is kept in "
+                f"{ckpts.directory}")
+            ckpts.close()
             return {**record, "status": "failed", "error": str(e), "metrics": {}}
+        ckpts.close()
+        state = unplace(state)
+        record["state_dir"] = ckpts.directory
         seconds += fit_seconds
         final = {"params": state.params, "batch_stats": state.batch_stats}
         predict = train.make_predict(model.module)
         metrics = {name: train.evaluate(predict, final, xs, ys, cfg.eval_batch_size)
                    for name, (xs, ys) in inputs.splits.items()}
         record.update(steps=run_cfg.steps, history=history)
-    safe = strategy.replace(":", "_").replace("+", "_").replace("/", "_")
     ckpt = checkpoint.save_variables(
-        os.path.join(workdir, "checkpoints", f"{safe}-seed{seed}"), final)
+        os.path.join(workdir, "checkpoints", f"{_safe(strategy)}-seed{seed}"), final)
     return {**record, "train_seconds": round(seconds, 3), "metrics": metrics,
             "checkpoint": ckpt, "status": "ok"}
 
@@ -291,9 +360,7 @@ def run(cfg, workdir: str, log=print) -> list:
     """
     model = validate(cfg)
     _enable_compilation_cache()
-    os.makedirs(workdir, exist_ok=True)
-    if not os.access(workdir, os.W_OK):
-        raise UserError(f"workdir {workdir!r} is not writable")
+    _check_writable(workdir)
     target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
     model = create_model(cfg, target.num_classes)
     inputs = _load_inputs(cfg, cfg.dataset, model.preprocessing)
@@ -308,21 +375,45 @@ def run(cfg, workdir: str, log=print) -> list:
         weights_path = pretrain_source(cfg, workdir, log)
     records = []
     results = os.path.join(workdir, "results.jsonl")
+    done = set()
+    if os.path.isfile(results):
+        from tljax.report import read_results
+
+        done = {(r["strategy"], r["seed"]) for r in read_results(results)
+                if r.get("status") == "ok" and r.get("config_hash") == config_hash(cfg)}
     for strategy in cfg.strategies:
         for seed in cfg.seeds:
+            if (strategy, int(seed)) in done:
+                log(f"{strategy} seed {seed}: finished earlier in {workdir}; skipped")
+                continue
             start = time.time()
-            record = run_one(cfg, model, inputs, weights_path, strategy, int(seed), workdir)
+            record = run_one(cfg, model, inputs, weights_path, strategy, int(seed), workdir, log)
             record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), tljax=tljax.__version__,
                           jax=jax.__version__, host=platform.node(),
                           wall_seconds=round(time.time() - start, 3))
             with open(results, "a") as f:
                 f.write(json.dumps(record, default=_json_default) + "\n")
+            if record["status"] == "ok" and record.get("state_dir"):
+                shutil.rmtree(record["state_dir"], ignore_errors=True)  # the run is recorded
             test = record["metrics"].get("test", {}).get("accuracy", float("nan"))
             log(f"{strategy:>14} seed {seed}: test accuracy {test:.3f}, "
                 f"{record['trainable_params']:,}/{record['total_params']:,} trainable, "
                 f"{record.get('train_seconds', 0):.1f}s [{record['status']}]")
             records.append(record)
     return records
+
+
+def _check_writable(workdir: str) -> None:
+    """Raises ``UserError`` unless ``workdir`` can be created and written (root included:
+    a real write is tried, not just the permission bits)."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe_file = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe_file, "w") as f:
+            f.write("ok")
+        os.remove(probe_file)
+    except OSError as e:
+        raise UserError(f"workdir {workdir!r} is not writable: {e.strerror or e}") from None
 
 
 def _enable_compilation_cache() -> None:

@@ -188,12 +188,19 @@ def labels(strategy, params, blocks) -> dict:
     """
     rules = expand(strategy, blocks)
     flat = traverse_util.flatten_dict(params, sep="/")
-    out, unmatched = {}, []
+    out, unmatched, used = {}, [], set()
     for path in flat:
-        rule = next((r for pattern, r in rules if pattern.fullmatch(path)), None)
-        if rule is None:
+        index = next((i for i, (pattern, _) in enumerate(rules) if pattern.fullmatch(path)), None)
+        if index is None:
             unmatched.append(path)
-        out[path] = rule
+            continue
+        used.add(index)
+        out[path] = rules[index][1]
+    if not isinstance(strategy, str):  # a user's rule list: a pattern that matches nothing is a typo
+        idle = [rules[i][0].pattern for i in range(len(rules)) if i not in used]
+        if idle and not unmatched:
+            raise UserError(f"strategy rule {idle[0]!r} matches no param (first match wins; "
+                            f"e.g. {next(iter(flat))!r})")
     if unmatched:
         shown = ", ".join(unmatched[:20]) + (f", ... ({len(unmatched)} in all)"
                                             if len(unmatched) > 20 else "")

@@ -48,11 +48,19 @@ def _variables(params, batch_stats) -> dict:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
-def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=()) -> Callable:
+def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
+              compute_dtype=None, accum_steps: int = 1, axis_name: str | None = None,
+              jit: bool = True) -> Callable:
     """Returns ``step(state, images, labels) -> (state, {"loss", "accuracy"})``, jit-compiled.
 
     ``rules`` is the pytree of ``strategies.Rule``; ``frozen_blocks`` the blocks whose
-    BatchNorm stays in inference mode.
+    BatchNorm stays in inference mode. ``compute_dtype`` (e.g. ``jnp.bfloat16``) runs the
+    forward and backward pass in that type while params, gradients and optimizer state
+    stay float32. ``accum_steps`` splits the batch into that many micro-batches and
+    averages their gradients before one update: the large batch's update, in a fraction
+    of its memory (exactly so where no BatchNorm computes batch statistics).
+    ``axis_name`` (for pmap) averages gradients, loss and BatchNorm statistics across
+    devices; ``jit`` False returns the plain function (pmap compiles it instead).
     """
     trainable_paths = frozenset(
         k for k, r in traverse_util.flatten_dict(rules).items() if r.trainable)
@@ -60,16 +68,43 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=())
 
     def loss_fn(trainable, frozen, batch_stats, images, labels):
         params = traverse_util.unflatten_dict({**trainable, **frozen})
+        if compute_dtype is not None:
+            params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+            if jnp.issubdtype(images.dtype, jnp.floating):
+                images = images.astype(compute_dtype)
         logits, mutated = module.apply(
             _variables(params, batch_stats), images, train=True,
             frozen_blocks=frozen_blocks, mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits, mutated.get("batch_stats", batch_stats))
+        new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                 mutated.get("batch_stats", batch_stats), batch_stats)
+        return loss, (logits, new_stats)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated(trainable, frozen, batch_stats, images, labels):
+        """Returns what ``grad_fn`` does, averaged over ``accum_steps`` micro-batches."""
+        micro = lambda x: x.reshape((accum_steps, -1) + x.shape[1:])  # noqa: E731
+
+        def body(carry, batch):
+            grads, stats = carry
+            (loss, (logits, stats)), g = grad_fn(trainable, frozen, stats, *batch)
+            return (jax.tree.map(jnp.add, grads, g), stats), (loss, logits)
+
+        zeros = jax.tree.map(jnp.zeros_like, trainable)
+        (grads, stats), (losses, logits) = jax.lax.scan(
+            body, (zeros, batch_stats), (micro(images), micro(labels)))
+        grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        return (losses.mean(), (logits.reshape((-1,) + logits.shape[2:]), stats)), grads
 
     def step(state: TrainState, images, labels):
         trainable, frozen = _split(state.params, trainable_paths)
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        compute = grad_fn if accum_steps == 1 else accumulated
+        (loss, (logits, batch_stats)), grads = compute(
             trainable, frozen, state.batch_stats, images, labels)
+        if axis_name is not None:
+            grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), axis_name)
         # Frozen grads are exact zeros, never computed: set_to_zero drops them and
         # they add nothing to the clipping norm.
         full_grads = traverse_util.unflatten_dict(
@@ -79,10 +114,13 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=())
         # Only trainable leaves are written; frozen ones are passed through as they were.
         new_trainable = {k: optax.apply_updates(v, flat_updates[k]) for k, v in trainable.items()}
         params = traverse_util.unflatten_dict({**new_trainable, **frozen})
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        if axis_name is not None:
+            accuracy = jax.lax.pmean(accuracy, axis_name)
+        metrics = {"loss": loss, "accuracy": accuracy}
         return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(step, donate_argnums=0) if jit else step
 
 
 def make_predict(module) -> Callable:
@@ -129,23 +167,38 @@ def evaluate(predict: Callable, variables: dict, images: np.ndarray, labels: np.
 
 
 def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
-        desc: str = "train", log_every: int = 50) -> tuple:
-    """Runs ``num_steps`` steps over ``batches``; returns ``(state, history, seconds)``.
+        desc: str = "train", log_every: int = 50, start_step: int = 0,
+        checkpoint: Callable | None = None, checkpoint_every: int = 0) -> tuple:
+    """Runs steps ``start_step + 1 .. num_steps`` over ``batches``.
 
-    ``history`` holds ``{"step", "loss", "accuracy"}`` every ``log_every`` steps and at the
-    end; ``seconds`` is the wall time of the loop, compilation included.
+    Returns ``(state, history, seconds)``: ``history`` holds ``{"step", "loss",
+    "accuracy"}`` every ``log_every`` steps and at the end; ``seconds`` is the wall time of
+    the loop, compilation included. ``checkpoint(state, step)`` is called every
+    ``checkpoint_every`` steps and at the end, only once the loss is known to have been
+    finite at every step so far. A NaN or inf loss raises ``FloatingPointError`` naming
+    the first step that had it.
     """
     history = []
     start = time.perf_counter()
-    bar = tqdm(range(num_steps), desc=desc, leave=False, disable=None)
+    first_bad = jnp.asarray(-1)  # first non-finite step, tracked on device: no sync per step
+    bar = tqdm(range(start_step, num_steps), desc=desc, leave=False, disable=None,
+               initial=start_step, total=num_steps)
     for i in bar:
         images, labels = next(batches)
         state, metrics = step(state, images, labels)
-        if (i + 1) % log_every == 0 or i + 1 == num_steps:
+        first_bad = jnp.where((first_bad < 0) & ~jnp.isfinite(metrics["loss"]), i + 1, first_bad)
+        last = i + 1 == num_steps
+        log = (i + 1) % log_every == 0 or last
+        save = checkpoint is not None and (last or (checkpoint_every and
+                                                    (i + 1) % checkpoint_every == 0))
+        if log or save:
+            if int(first_bad) >= 0:
+                raise FloatingPointError(f"loss became non-finite at step {int(first_bad)}")
+        if log:
             metrics = {k: float(v) for k, v in metrics.items()}
-            if not np.isfinite(metrics["loss"]):
-                raise FloatingPointError(f"loss is {metrics['loss']} at step {i + 1}")
             history.append({"step": i + 1, **metrics})
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        if save:
+            checkpoint(state, i + 1)
     jax.block_until_ready(state.params)
     return state, history, time.perf_counter() - start

@@ -45,18 +45,25 @@ def preprocess(images: np.ndarray, prep) -> np.ndarray:
     return (x - mean) / std
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int) -> Iterator:
+def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
+            skip: int = 0) -> Iterator:
     """Yields ``(images, labels)`` batches forever, reshuffled every epoch, full batches only.
 
-    The order depends on ``seed`` alone, so a run is reproducible end to end.
+    The order depends on ``seed`` alone, so a run is reproducible end to end; ``skip``
+    starts after that many batches (a resumed run sees the batches it would have seen).
     """
     n = len(images)
     if batch_size > n:
         raise UserError(f"batch_size {batch_size} is larger than the training split ({n} "
-                        "examples); valid: 1..{n}".replace("{n}", str(n)))
+                        f"examples); valid: 1..{n}")
+    per_epoch = n // batch_size
     rng = np.random.default_rng(seed)
+    for _ in range(skip // per_epoch):
+        rng.permutation(n)  # advance the generator exactly as the skipped epochs did
+    first = skip % per_epoch
     while True:
         order = rng.permutation(n)
-        for start in range(0, n - batch_size + 1, batch_size):
-            idx = order[start:start + batch_size]
+        for b in range(first, per_epoch):
+            idx = order[b * batch_size:(b + 1) * batch_size]
             yield images[idx], labels[idx]
+        first = 0
