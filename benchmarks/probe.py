@@ -72,7 +72,7 @@ def through_network(cfg, model, variables, splits, patience: int, max_epochs: in
     rules = strategies.labels("linear_probe_sgd", variables["params"], model.blocks)
     x, y = splits["train"]
     steps_per_epoch = len(y) // cfg.batch_size
-    run_cfg = config.transfer(lr=cfg.per_strategy.get("linear_probe", {}).get("lr", cfg.lr),
+    run_cfg = config.transfer(lr=cfg.per_strategy.get("linear_probe_sgd", {}).get("lr", cfg.lr),
                               steps=steps_per_epoch * max_epochs, warmup_steps=0)
     tx = optim.make(run_cfg, rules)
     step = train.make_step(model.module, rules, tx, model.block_names)
