@@ -1,6 +1,5 @@
 """Weight files read exactly, without torch, and never run code they carry."""
 
-import io
 import os
 import pickle
 import subprocess

@@ -358,7 +358,7 @@ def run(cfg, workdir: str, log=print) -> list:
     """Runs every strategy x seed of ``cfg``; appends each record to ``workdir/results.jsonl``
     as it finishes and returns the records of this call.
     """
-    model = validate(cfg)
+    validate(cfg)
     _enable_compilation_cache()
     _check_writable(workdir)
     target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
