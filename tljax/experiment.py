@@ -112,7 +112,7 @@ def validate(cfg) -> models.Model:
         raise UserError("no strategies to run; set strategies, e.g. ['linear_probe', 'full_ft']")
     if not cfg.seeds:
         raise UserError("no seeds to run; set seeds, e.g. [0, 1, 2]")
-    for key in ("steps", "batch_size", "eval_batch_size"):
+    for key in ("steps", "batch_size", "eval_batch_size", "accum_steps"):
         if int(cfg[key]) < 1:
             raise UserError(f"{key} must be >= 1; got {cfg[key]}")
     if cfg.optimizer not in optim.OPTIMIZERS:
@@ -120,13 +120,7 @@ def validate(cfg) -> models.Model:
                         f"{', '.join(optim.OPTIMIZERS)}")
     for spec in [cfg.dataset] + list(cfg.shifted.values()) + (
             [cfg.pretrain.dataset] if cfg.pretrain.dataset else []):
-        name, _ = data.parse_spec(spec)
-        if name not in data.BUILTIN:
-            import tensorflow_datasets as tfds
-
-            if name not in tfds.list_builders(with_community_datasets=False):
-                raise UserError(f"unknown dataset {name!r}; known: {', '.join(data.BUILTIN)}, "
-                                "or any TFDS catalog name")
+        data.check_known(data.parse_spec(spec)[0])
     if cfg.probe_solver not in probe.SOLVERS:
         raise UserError(f"unknown probe_solver {cfg.probe_solver!r}; known: "
                         f"{', '.join(probe.SOLVERS)}")
@@ -134,12 +128,6 @@ def validate(cfg) -> models.Model:
     if cfg.compute_dtype not in COMPUTE_DTYPES:
         raise UserError(f"unknown compute_dtype {cfg.compute_dtype!r}; known: "
                         f"{', '.join(COMPUTE_DTYPES)}")
-    for key in ("accum_steps",):
-        if int(cfg[key]) < 1:
-            raise UserError(f"{key} must be >= 1; got {cfg[key]}")
-    for strategy in cfg.strategies:
-        batch_size = strategy_config(cfg, strategy).batch_size
-        parallel.check_batch(batch_size, jax.device_count() * cfg.accum_steps)
     if cfg.shots < 0:
         raise UserError(f"shots must be >= 0 (0 = the whole train split); got {cfg.shots}")
     if cfg.weights in zoo.names():
@@ -155,7 +143,8 @@ def validate(cfg) -> models.Model:
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     for strategy in cfg.strategies:
         strategies.labels(_strategy_rules(cfg, strategy), shapes["params"], model.blocks)
-        strategy_config(cfg, strategy)
+        parallel.check_batch(strategy_config(cfg, strategy).batch_size,
+                             jax.device_count() * cfg.accum_steps)
     return model
 
 

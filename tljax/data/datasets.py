@@ -64,6 +64,17 @@ def parse_spec(spec: str) -> tuple:
     return name, tuple(classes)
 
 
+def check_known(name: str) -> None:
+    """Raises ``UserError`` unless ``name`` is a built-in dataset or a TFDS catalog name."""
+    if name in BUILTIN:
+        return
+    import tensorflow_datasets as tfds
+
+    if name not in tfds.list_builders(with_community_datasets=False):
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(BUILTIN)}, "
+                        "or any TFDS catalog name")
+
+
 def _builder(name: str, data_dir: str):
     import tensorflow_datasets as tfds
 
@@ -78,8 +89,7 @@ def _builder(name: str, data_dir: str):
             return Digits(data_dir=data_dir, file_format="array_record")
         finally:
             logging.set_verbosity(verbosity)
-    if name not in tfds.list_builders(with_community_datasets=False):
-        raise unknown("dataset", name, list(BUILTIN) + ["<any TFDS catalog name>"])
+    check_known(name)
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
 
 
@@ -149,10 +159,7 @@ def load(spec: str, data_dir: str | None = None, download: bool = False,
     if splits is None:
         splits = {s: s for s in SPLITS} if name in BUILTIN else None
     if splits is None:
-        import tensorflow_datasets as tfds
-
-        if name not in tfds.list_builders(with_community_datasets=False):
-            raise unknown("dataset", name, list(BUILTIN) + ["<any TFDS catalog name>"])
+        check_known(name)
         splits = dict(CATALOG_SPLITS)
         have = _builder(name, data_dir).info.splits.keys()
         if "validation" in have:

@@ -4,9 +4,6 @@
 fills a model's backbone from them, strictly, keeping its fresh head unless asked.
 """
 
-import hashlib
-import os
-
 from tljax.weights.readers import FORMATS, read
 from tljax.weights.strict import assign, flatten_variables
 from tljax.weights.torch_names import is_tljax_naming, to_tljax
@@ -27,17 +24,4 @@ def load(source: str, variables: dict, torch_names: dict | None = None,
     return assign(variables, tensors, keep_head=keep_head)
 
 
-def fingerprint(source: str) -> str:
-    """Returns a short content hash of the weights at ``source`` (a file or directory)."""
-    h = hashlib.sha256()
-    paths = [source] if os.path.isfile(source) else sorted(
-        os.path.join(d, f) for d, _, files in os.walk(source) for f in files)
-    for p in paths:
-        h.update(os.path.relpath(p, source).encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
-
-__all__ = ["FORMATS", "assign", "fingerprint", "flatten_variables", "load", "read"]
+__all__ = ["FORMATS", "assign", "flatten_variables", "load", "read"]
