@@ -127,16 +127,69 @@ def test_resnet_matches_hugging_face_resnet_model(tmp_path, layer_type, depths, 
     assert np.abs(ours - theirs.numpy().reshape(2, -1)).max() <= 1e-4
 
 
-def test_torchvision_resnet18_layout_matches():
-    torchvision = pytest.importorskip(
-        "torchvision", reason="torchvision is not installable beside torch 2.13.0 CPU here")
-    ref = torchvision.models.resnet18().eval()
-    from tljax.weights.torch_names import to_tljax
-    from tljax.weights.strict import assign
+def _torchvision_resnet18():
+    """torchvision's ResNet-18 in plain torch: the same module names (so the same
+    state-dict keys) and forward; torchvision itself does not install beside torch
+    2.13.0 CPU."""
+    nn = torch.nn
 
+    class BasicBlock(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.downsample = None if stride == 1 and cin == cout else nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+            return self.relu(out + identity)
+
+    class ResNet18(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            cin = 64
+            for i, (cout, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)], 1):
+                setattr(self, f"layer{i}", nn.Sequential(BasicBlock(cin, cout, stride),
+                                                         BasicBlock(cout, cout, 1)))
+                cin = cout
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(512, 1000)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            for i in range(1, 5):
+                x = getattr(self, f"layer{i}")(x)
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return ResNet18()
+
+
+def test_torchvision_resnet18_layout_matches(tmp_path):
+    from tljax import weights
+
+    torch.manual_seed(0)
+    ref = _torchvision_resnet18()
+    with torch.no_grad():  # non-trivial running statistics, so eval-mode BN is exercised
+        for module in ref.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    ref.eval()
+    torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
     model = models.create("resnet18", 1000, image_size=64)
-    tensors = to_tljax({k: v.numpy() for k, v in ref.state_dict().items()}, **model.torch_names)
-    variables = assign(model.init(jax.random.key(0)), tensors, keep_head=True)
+    variables = weights.load(str(tmp_path / "resnet18.pth"), model.init(jax.random.key(0)),
+                             model.torch_names, keep_head=True)
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
         theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()

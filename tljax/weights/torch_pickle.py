@@ -6,216 +6,146 @@ pickle is read by an unpickler that resolves only the globals needed to rebuild 
 (typed storages, ``_rebuild_tensor_v2``, ``_rebuild_parameter``, ``OrderedDict``, ...);
 any other global (``os.system``, ``builtins.eval``, a model class) is refused before it
 is called, so nothing inside a checkpoint ever runs.
+
+Everything a file says is checked before it is used: a storage's byte count against the
+element count its pickle declares, a tensor's size, stride and offset against its
+storage (tensors are built with numpy's bounds-checked indexing, never from raw
+pointers), and the nesting and size of the pickled structure.
 """
 
-import collections
 import io
 import pickle
 import struct
 import zipfile
+import zlib
 
-import ml_dtypes
 import numpy as np
 
 from tljax.errors import UserError
+from tljax.weights import torch_unpickler as up
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-
-_STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
-    "BoolStorage": np.bool_, "ComplexFloatStorage": np.complex64,
-    "ComplexDoubleStorage": np.complex128, "UntypedStorage": np.uint8,
-}
-_TORCH_DTYPES = {
-    "float64": np.float64, "double": np.float64, "float32": np.float32, "float": np.float32,
-    "float16": np.float16, "half": np.float16, "bfloat16": ml_dtypes.bfloat16,
-    "int64": np.int64, "long": np.int64, "int32": np.int32, "int": np.int32,
-    "int16": np.int16, "short": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
-    "complex64": np.complex64, "complex128": np.complex128,
-}
+_MAX_DEPTH = 100            # nesting of dicts in a checkpoint
+_MAX_ENTRIES = 1_000_000    # dict entries walked in a checkpoint
+_MAX_PICKLE_BYTES = 1 << 30
+_MAX_INFLATION = 1100       # deflate cannot beat ~1032:1; more is a zip bomb
 
 
-class _StorageType:
-    """Stands in for ``torch.FloatStorage`` etc.: only its dtype matters."""
-
-    def __init__(self, name):
-        self.name, self.dtype = name, np.dtype(_STORAGE_DTYPES[name])
-
-
-class _Marker:
-    """Stands in for a torch class that only tags a tensor (``Parameter``, ``Tensor``)."""
-
-    def __init__(self, name):
-        self.name = name
-
-
-class _Storage:
-    """A storage whose bytes are read later (legacy files store them after the pickle)."""
-
-    def __init__(self, dtype, key, numel):
-        self.dtype, self.key, self.numel = np.dtype(dtype), key, numel
-        self.array = None
-        self.base, self.offset = None, 0  # set for a legacy view into another storage
-
-
-class _LazyTensor:
-    """A tensor described by (storage, offset, size, stride), materialised by ``resolve``."""
-
-    def __init__(self, storage, offset, size, stride):
-        self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), \
-            tuple(stride)
-
-    def materialise(self) -> np.ndarray:
-        storage = self.storage
-        flat = storage.array
-        if flat is None and storage.base is not None:
-            flat = storage.base.array[storage.offset:storage.offset + storage.numel]
-        if flat is None:
-            raise UserError(f"storage {storage.key!r} has no data in the checkpoint")
-        if not self.size:
-            return flat[self.offset:self.offset + 1].reshape(()).copy()
-        extent = self.offset + 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride) if n)
-        if extent > len(flat):
-            raise UserError(f"tensor of shape {self.size} overruns its storage "
-                            f"({len(flat)} elements): truncated or corrupt checkpoint")
-        item = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat[self.offset:], shape=self.size, strides=[s * item for s in self.stride])
-        return np.array(view)  # a contiguous copy that owns its memory
-
-
-def _rebuild_tensor(storage, offset, size, stride, *_):
-    return _LazyTensor(storage, offset, size, stride)
-
-
-def _rebuild_parameter(data, *_):
-    return data
-
-
-def _rebuild_from_type(func, new_type, args, state):
-    return func(*args)
-
-
-_ALLOWED = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch.nn.parameter", "Parameter"): _Marker("Parameter"),
-    ("torch", "Tensor"): _Marker("Tensor"),
-    ("torch", "Size"): tuple,
-}
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves only tensor-rebuilding globals; everything else is refused."""
-
-    def __init__(self, file, persistent_load, source):
-        super().__init__(file)
-        self._persistent_load, self._source = persistent_load, source
-
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(name)
-        if module == "torch" and name in _TORCH_DTYPES:
-            return np.dtype(_TORCH_DTYPES[name])
-        raise UserError(f"refusing to load {self._source}: its pickle asks for "
-                        f"{module}.{name}, which is not needed to rebuild tensors "
-                        "(a checkpoint that runs code is never loaded)")
-
-    def persistent_load(self, pid):
-        return self._persistent_load(pid)
-
-
-def _storage_from_pid(pid, storages: dict):
-    if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
-        raise UserError(f"unsupported persistent id in checkpoint: {pid!r}")
-    storage_type, key, numel = pid[1], str(pid[2]), pid[4]
-    dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else np.dtype(storage_type)
-    view = pid[5] if len(pid) > 5 else None
-    root = storages.setdefault(key, _Storage(dtype, key, numel))
-    if view is None:
-        return root
-    view_key, offset, view_numel = view  # legacy: a view into a larger root storage
-    sub = storages.setdefault(f"view:{view_key}", _Storage(dtype, view_key, view_numel))
-    sub.base, sub.offset = root, offset
-    return sub
-
-
-def _resolve(obj):
-    if isinstance(obj, _LazyTensor):
-        return obj.materialise()
-    if isinstance(obj, dict):
-        return type(obj)((k, _resolve(v)) for k, v in obj.items())
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_resolve(v) for v in obj)
-    return obj
+def _check_member(z: zipfile.ZipFile, name: str, path: str, limit: int) -> zipfile.ZipInfo:
+    info = z.getinfo(name)
+    if info.file_size > limit or info.file_size > _MAX_INFLATION * max(info.compress_size, 1):
+        raise UserError(f"{path!r}: zip record {name!r} claims {info.file_size} bytes "
+                        f"({info.compress_size} stored); refusing to inflate it")
+    return info
 
 
 def _load_zip(path: str):
     with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        pkl = next((n for n in names if n.endswith("data.pkl")), None)
+        names = set(z.namelist())
+        pkl = next((n for n in sorted(names) if n.endswith("data.pkl")), None)
         if pkl is None:
             raise UserError(f"{path!r} is a zip file but not a torch checkpoint (no data.pkl)")
         prefix = pkl[: -len("data.pkl")]
-        if f"{prefix}byteorder" in names and z.read(f"{prefix}byteorder") != b"little":
-            raise UserError(f"{path!r} is a big-endian checkpoint; only little-endian is read")
+        if f"{prefix}byteorder" in names:
+            _check_member(z, f"{prefix}byteorder", path, 16)
+            if z.read(f"{prefix}byteorder") != b"little":
+                raise UserError(f"{path!r} is not a little-endian checkpoint "
+                                "(its byteorder record says otherwise); only little-endian is read")
+        _check_member(z, pkl, path, _MAX_PICKLE_BYTES)
         storages = {}
-        obj = _SafeUnpickler(io.BytesIO(z.read(pkl)),
-                             lambda pid: _storage_from_pid(pid, storages), path).load()
+        obj = up.SafeUnpickler(io.BytesIO(z.read(pkl)),
+                               lambda pid: up.storage_from_pid(pid, storages, path), path).load()
         for key, storage in storages.items():
-            if storage.base is not None:
-                continue
-            name = f"{prefix}data/{key}"
+            name = f"{prefix}data/{key}"  # key is a plain word (storage_from_pid checks)
             if name not in names:
-                raise UserError(f"{path!r} lacks the data of storage {key!r}: truncated file?")
-            raw = z.read(name)
-            storage.array = np.frombuffer(raw, dtype=storage.dtype)
-    return _resolve(obj)
+                storage.error = f"the file lacks the data of its storage {key!r} (truncated?)"
+                continue
+            size = z.getinfo(name).file_size
+            if size != storage.nbytes:
+                storage.error = (f"its storage {key!r} holds {size} bytes where the "
+                                 f"pickle declares {storage.nbytes}")
+                continue
+            _check_member(z, name, path, storage.nbytes)
+            storage.raw = z.read(name)
+    return obj
 
 
 def _load_legacy(path: str):
     with open(path, "rb") as f:
-        def safe_load():
-            return _SafeUnpickler(f, lambda pid: _storage_from_pid(pid, storages), path).load()
+        data = f.read()
+    stream = io.BytesIO(data)  # read in memory: a lying length cannot make read() allocate
+    storages = {}
 
-        storages = {}
-        magic = safe_load()
-        if magic != LEGACY_MAGIC:
-            raise UserError(f"{path!r} is not a torch checkpoint (bad magic number)")
-        safe_load()  # protocol version
-        sys_info = safe_load()
-        if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-            raise UserError(f"{path!r} is a big-endian checkpoint; only little-endian is read")
-        obj = safe_load()
-        keys = safe_load()
-        for key in keys:
-            storage = storages.get(str(key))
-            header = f.read(8)
-            if storage is None or len(header) != 8:
-                raise UserError(f"{path!r} is truncated or corrupt at storage {key!r}")
-            (numel,) = struct.unpack("<q", header)
-            raw = f.read(numel * storage.dtype.itemsize)
-            if len(raw) != numel * storage.dtype.itemsize:
-                raise UserError(f"{path!r} is truncated: storage {key!r} is short")
-            storage.array = np.frombuffer(raw, dtype=storage.dtype)
-    return _resolve(obj)
+    def safe_load():
+        return up.SafeUnpickler(stream, lambda pid: up.storage_from_pid(pid, storages, path),
+                                path).load()
+
+    if safe_load() != LEGACY_MAGIC:
+        raise UserError(f"{path!r} is not a torch checkpoint (bad magic number)")
+    safe_load()  # protocol version
+    sys_info = safe_load()
+    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+        raise UserError(f"{path!r} is a big-endian checkpoint; only little-endian is read")
+    obj = safe_load()
+    keys = safe_load()
+    if not isinstance(keys, list) or len(keys) > len(storages):
+        raise UserError(f"{path!r}: its list of storages is not a list of the "
+                        f"{len(storages)} storages its tensors use")
+    pos, view = stream.tell(), memoryview(data)
+    for i, key in enumerate(keys):
+        storage = storages.get(up.key_text(key))
+        if storage is None:
+            raise UserError(f"{path!r} lists data for storage {up.short(key)}, which no "
+                            "tensor uses: corrupt checkpoint")
+        header = view[pos:pos + 8]
+        numel = struct.unpack("<q", header)[0] if len(header) == 8 else storage.numel
+        size, left = numel * storage.itemsize, len(data) - pos - 8
+        if numel == storage.numel and len(header) == 8 and size <= left:
+            storage.raw = view[pos + 8:pos + 8 + size]
+            pos += 8 + size
+            continue
+        problem = (f"its storage {key!r} has {numel} elements where the pickle declares "
+                   f"{storage.numel}" if numel != storage.numel
+                   else f"its storage {key!r} is cut short (the file is truncated)")
+        for later in keys[i:]:  # the sections after a bad one cannot be located
+            if up.key_text(later) in storages:
+                storages[up.key_text(later)].error = problem
+        break
+    for storage in storages.values():
+        if storage.raw is None and storage.error is None:
+            storage.error = f"the file lacks the data of its storage {storage.key!r} (truncated?)"
+    return obj
 
 
-def _flatten(obj, prefix="") -> dict:
-    out = {}
-    if isinstance(obj, np.ndarray):
-        out[prefix.rstrip(".")] = obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
+def _unwrap(obj):
+    for key in ("state_dict", "model", "model_state_dict", "module"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def _walk(obj, path: str) -> dict:
+    """Returns ``{dotted name: LazyTensor or np.ndarray}`` of the dicts in ``obj``, walked
+    without recursion and within ``_MAX_DEPTH`` / ``_MAX_ENTRIES``."""
+    out, entries, stack = {}, 0, [(obj, "", 0)]
+    while stack:
+        node, prefix, depth = stack.pop()
+        if isinstance(node, (up.LazyTensor, np.ndarray)):
+            if prefix[:-1] in out:
+                raise UserError(f"{path!r} holds two tensors named {prefix[:-1]!r}")
+            out[prefix[:-1]] = node
+            continue
+        if not isinstance(node, dict):
+            continue  # lists, numbers, strings: not tensors a model loads
+        if depth >= _MAX_DEPTH:
+            raise UserError(f"{path!r}: dicts nested deeper than {_MAX_DEPTH} levels at "
+                            f"{up.short(prefix[:-1])}: corrupt or hostile checkpoint")
+        entries += len(node)
+        if entries > _MAX_ENTRIES:
+            raise UserError(f"{path!r} holds more than {_MAX_ENTRIES} dict entries: "
+                            "corrupt or hostile checkpoint")
+        for k, v in reversed(list(node.items())):
+            stack.append((v, f"{prefix}{up.key_text(k)}.", depth + 1))
     return out
 
 
@@ -224,21 +154,21 @@ def read(path: str) -> dict:
 
     A checkpoint holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped; nested
     dicts are flattened with ``.``. Raises ``UserError`` for a malicious, truncated or
-    foreign file.
+    foreign file, naming the file and, where one is to blame, the tensor.
     """
     try:
         obj = _load_zip(path) if zipfile.is_zipfile(path) else _load_legacy(path)
+        lazy = _walk(_unwrap(obj), path)
+        tensors = {name: t.materialise(f"{path!r}: tensor {name!r}")
+                   if isinstance(t, up.LazyTensor) else t for name, t in lazy.items()}
     except UserError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error,
-            zipfile.BadZipFile, IndexError, KeyError, AttributeError) as e:
-        raise UserError(f"cannot read torch checkpoint {path!r}: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
-    for key in ("state_dict", "model", "model_state_dict", "module"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    tensors = _flatten(obj)
+            zipfile.BadZipFile, zlib.error, IndexError, KeyError, AttributeError, OSError,
+            RuntimeError, OverflowError, MemoryError) as e:  # RuntimeError: RecursionError too
+        text = str(e).splitlines()[0][:200] if str(e) else ""
+        raise UserError(f"cannot read torch checkpoint {path!r} (corrupt or truncated): "
+                        f"{type(e).__name__}: {text}") from None
     if not tensors:
         raise UserError(f"{path!r} holds no tensors")
     return tensors
