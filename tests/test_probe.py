@@ -45,21 +45,40 @@ def test_ridge_sweep_equals_the_direct_solution(digit_features):
         assert chosen == l2 and len(sweep) == 1
 
 
-def test_sweep_picks_l2_on_validation_and_folds_standardisation(digit_features):
+def _raw_digits():
+    """Returns raw (unstandardised, shifted and scaled) digit features and labels."""
     d = load_digits()
-    x, y = d.data.astype(np.float32) * 3 + 1, d.target  # raw, unstandardised features
+    return d.data.astype(np.float32) * 3 + 1, d.target
+
+
+def test_sweep_picks_l2_on_validation():
+    x, y = _raw_digits()
     result = probe.fit_probe((x[:1000], y[:1000]), (x[1000:1400], y[1000:1400]), 10)
     best = max(r["val_accuracy"] for r in result.sweep)
     chosen = next(r for r in result.sweep if r["l2"] == result.l2)
     assert chosen["val_accuracy"] == best
     assert [r["l2"] for r in result.sweep] == sorted(probe.L2_GRID)
-    # The head works on raw features: same logits as on standardised ones.
-    mean, std = probe.standardizer(x[:1000])
-    w_std = result.kernel * std[:, None]
-    b_std = result.bias + mean @ result.kernel
-    np.testing.assert_allclose(result.logits(x[1400:]), ((x[1400:] - mean) / std) @ w_std + b_std,
-                               rtol=1e-4, atol=1e-3)
     assert np.mean(result.logits(x[1400:]).argmax(1) == y[1400:]) > 0.85  # chance: 0.1
+
+
+@pytest.mark.parametrize("solver", ["ridge", "lbfgs"])
+def test_folded_head_on_raw_features_equals_the_unfolded_head_on_standardised_ones(solver):
+    """fit_probe fits on standardised features and folds the standardisation into the head;
+    that head on raw features gives the logits of the unfolded head on standardised ones."""
+    x, y = _raw_digits()
+    grid = (1e-4, 1e-2)
+    train, val, test = (x[:1000], y[:1000]), (x[1000:1400], y[1000:1400]), x[1400:]
+    folded = probe.fit_probe(train, val, 10, solver, grid=grid)
+    mean, std = probe.standardizer(train[0])
+    assert np.ptp(mean) > 1 and np.ptp(std) > 1  # a fold that drops either one shows
+    standardise = lambda a: (a - mean) / std  # noqa: E731
+    sweep = {"ridge": probe.sweep_ridge, "lbfgs": probe.sweep_logistic}[solver]
+    kernel, bias, l2, _ = sweep((standardise(train[0]), train[1]), (standardise(val[0]), val[1]),
+                                10, grid=grid)
+    assert l2 == folded.l2
+    unfolded = standardise(test).astype(np.float64) @ kernel + bias
+    np.testing.assert_allclose(folded.logits(test.astype(np.float64)), unfolded, rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_adam_head_learns(digit_features):

@@ -13,6 +13,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from tljax.models import blocktable
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
@@ -143,6 +145,7 @@ class Bert(nn.Module):
 
         ``input_ids`` may be the packed ``(batch, 3, tokens)`` array of ``tljax.text``.
         """
+        blocktable.frozen_paths(self, frozen_blocks, table(self.cfg, self.pooling))  # no BatchNorm
         if input_ids.ndim == 3:
             input_ids, attention_mask, token_type_ids = (input_ids[:, 0], input_ids[:, 1],
                                                          input_ids[:, 2])
@@ -170,8 +173,13 @@ class _Pooler(nn.Module):
         return jnp.tanh(nn.Dense(self.cfg.hidden_size, name="dense")(x))
 
 
+def table(cfg: BertConfig = MINILM_L6, pooling: str | None = "mean") -> tuple:
+    """Returns the block table ``(name, module path prefixes)``, input to output (blocktable)."""
+    order = (("embeddings", ("embeddings",)),) + tuple(
+        (f"layer.{i}", (f"encoder/layer/{i}",)) for i in range(cfg.num_hidden_layers))
+    return order + ((("pooler", ("pooler",)),) if pooling == "cls" else ())
+
+
 def blocks(cfg: BertConfig = MINILM_L6, pooling: str = "mean") -> tuple:
     """Returns the block order ``(name, param-path regex)``, input to output, without the head."""
-    order = (("embeddings", r"backbone/embeddings/.*"),) + tuple(
-        (f"layer.{i}", rf"backbone/encoder/layer/{i}/.*") for i in range(cfg.num_hidden_layers))
-    return order + ((("pooler", r"backbone/pooler/.*"),) if pooling == "cls" else ())
+    return blocktable.regexes(table(cfg, pooling))

@@ -5,7 +5,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tljax.models.layers import Conv, batch_norm
+from tljax.models import blocktable
+from tljax.models.blocktable import batch_norm
+from tljax.models.layers import Conv
 
 
 class ConvBlock(nn.Module):
@@ -14,11 +16,12 @@ class ConvBlock(nn.Module):
     features: int
     pool: bool
     train: bool
+    frozen: Sequence[tuple] = ()  # module paths of frozen blocks (blocktable.frozen_paths)
 
     @nn.compact
     def __call__(self, x):
         x = Conv(self.features, (3, 3), padding=1, name="conv")(x)
-        x = nn.relu(batch_norm(self.train, "bn")(x))
+        x = nn.relu(batch_norm(self, "bn", self.train, self.frozen)(x))
         return nn.max_pool(x, (2, 2), (2, 2)) if self.pool else x
 
 
@@ -33,15 +36,12 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
         """Returns pooled features, shape (batch, widths[-1])."""
-        names = ("stem", "block1", "block2")
-        for name, width in zip(names, self.widths):
-            x = ConvBlock(width, pool=name != "stem", train=train and name not in frozen_blocks,
-                          name=name)(x)
+        frozen = blocktable.frozen_paths(self, frozen_blocks, TABLE)
+        for (name, _), width in zip(TABLE, self.widths):
+            x = ConvBlock(width, pool=name != "stem", train=train, frozen=frozen, name=name)(x)
         return jnp.mean(x, axis=(1, 2))
 
 
-BLOCKS = (
-    ("stem", r"backbone/stem/.*"),
-    ("block1", r"backbone/block1/.*"),
-    ("block2", r"backbone/block2/.*"),
-)
+# The block table (blocktable): each block is the module of the same name.
+TABLE = (("stem", ("stem",)), ("block1", ("block1",)), ("block2", ("block2",)))
+BLOCKS = blocktable.regexes(TABLE)

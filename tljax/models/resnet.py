@@ -5,13 +5,16 @@ Param paths mirror torchvision's state-dict keys (``conv1``, ``bn1``, ``layer1/0
 torchvision (v1.5), a bottleneck block strides in its 3x3 conv.
 """
 
+import functools
 import re
 from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from tljax.models.layers import Conv, batch_norm
+from tljax.models import blocktable
+from tljax.models.blocktable import batch_norm
+from tljax.models.layers import Conv
 
 
 class Downsample(nn.Module):
@@ -20,11 +23,12 @@ class Downsample(nn.Module):
     features: int
     strides: int
     train: bool
+    frozen: Sequence[tuple] = ()  # module paths of frozen blocks (blocktable.frozen_paths)
 
     @nn.compact
     def __call__(self, x):
         x = Conv(self.features, (1, 1), (self.strides, self.strides), name="0")(x)
-        return batch_norm(self.train, "1")(x)
+        return batch_norm(self, "1", self.train, self.frozen)(x)
 
 
 class BasicBlock(nn.Module):
@@ -33,15 +37,17 @@ class BasicBlock(nn.Module):
     planes: int
     strides: int
     train: bool
+    frozen: Sequence[tuple] = ()
     expansion = 1
 
     @nn.compact
     def __call__(self, x):
         s = (self.strides, self.strides)
-        y = nn.relu(batch_norm(self.train, "bn1")(Conv(self.planes, (3, 3), s, 1, name="conv1")(x)))
-        y = batch_norm(self.train, "bn2")(Conv(self.planes, (3, 3), padding=1, name="conv2")(y))
+        bn = functools.partial(batch_norm, self, train=self.train, frozen=self.frozen)
+        y = nn.relu(bn("bn1")(Conv(self.planes, (3, 3), s, 1, name="conv1")(x)))
+        y = bn("bn2")(Conv(self.planes, (3, 3), padding=1, name="conv2")(y))
         if self.strides != 1 or x.shape[-1] != self.planes:
-            x = Downsample(self.planes, self.strides, self.train, name="downsample")(x)
+            x = Downsample(self.planes, self.strides, self.train, self.frozen, name="downsample")(x)
         return nn.relu(x + y)
 
 
@@ -51,17 +57,19 @@ class Bottleneck(nn.Module):
     planes: int
     strides: int
     train: bool
+    frozen: Sequence[tuple] = ()
     expansion = 4
 
     @nn.compact
     def __call__(self, x):
         out = self.planes * self.expansion
-        y = nn.relu(batch_norm(self.train, "bn1")(Conv(self.planes, (1, 1), name="conv1")(x)))
+        bn = functools.partial(batch_norm, self, train=self.train, frozen=self.frozen)
+        y = nn.relu(bn("bn1")(Conv(self.planes, (1, 1), name="conv1")(x)))
         y = Conv(self.planes, (3, 3), (self.strides, self.strides), 1, name="conv2")(y)
-        y = nn.relu(batch_norm(self.train, "bn2")(y))
-        y = batch_norm(self.train, "bn3")(Conv(out, (1, 1), name="conv3")(y))
+        y = nn.relu(bn("bn2")(y))
+        y = bn("bn3")(Conv(out, (1, 1), name="conv3")(y))
         if self.strides != 1 or x.shape[-1] != out:
-            x = Downsample(out, self.strides, self.train, name="downsample")(x)
+            x = Downsample(out, self.strides, self.train, self.frozen, name="downsample")(x)
         return nn.relu(x + y)
 
 
@@ -73,13 +81,13 @@ class Stage(nn.Module):
     depth: int
     strides: int
     train: bool
-    frozen_blocks: Sequence[str]
+    frozen: Sequence[tuple]
 
     @nn.compact
     def __call__(self, x):
         for i in range(self.depth):
-            block_train = self.train and f"{self.name}.{i}" not in self.frozen_blocks
-            x = self.block(self.planes, self.strides if i == 0 else 1, block_train, name=str(i))(x)
+            x = self.block(self.planes, self.strides if i == 0 else 1, self.train, self.frozen,
+                           name=str(i))(x)
         return x
 
 
@@ -92,22 +100,27 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
         """Returns pooled features, shape (batch, 512 * block.expansion)."""
-        stem_train = train and "stem" not in frozen_blocks
+        frozen = blocktable.frozen_paths(self, frozen_blocks, table(self.depths))
         x = Conv(64, (7, 7), (2, 2), 3, name="conv1")(x)
-        x = nn.relu(batch_norm(stem_train, "bn1")(x))
+        x = nn.relu(batch_norm(self, "bn1", train, frozen)(x))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         for i, (depth, planes) in enumerate(zip(self.depths, (64, 128, 256, 512))):
-            x = Stage(self.block, planes, depth, 1 if i == 0 else 2, train, tuple(frozen_blocks),
+            x = Stage(self.block, planes, depth, 1 if i == 0 else 2, train, frozen,
                       name=f"layer{i + 1}")(x)
         return jnp.mean(x, axis=(1, 2))
 
 
+def table(depths: Sequence[int]) -> tuple:
+    """Returns the block table ``(name, module path prefixes)``, input to output (blocktable)."""
+    order = [("stem", ("conv1", "bn1"))]
+    for s, depth in enumerate(depths, start=1):
+        order += [(f"layer{s}.{i}", (f"layer{s}/{i}",)) for i in range(depth)]
+    return tuple(order)
+
+
 def blocks(depths: Sequence[int]) -> tuple:
     """Returns the block order ``(name, param-path regex)``, input to output, without the head."""
-    order = [("stem", r"backbone/(conv1|bn1)/.*")]
-    for s, depth in enumerate(depths, start=1):
-        order += [(f"layer{s}.{i}", rf"backbone/layer{s}/{i}/.*") for i in range(depth)]
-    return tuple(order)
+    return blocktable.regexes(table(depths))
 
 
 DEPTHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)),

@@ -2,8 +2,9 @@
 ``classifier/0``, ``classifier/3``; ``classifier.6`` is the head). Keras ``.h5`` weights map
 through ``keras_to_torchvision``.
 
-Like torchvision, the last feature map is average-pooled to 7x7 and flattened in
-channel-major order, so ``classifier.0`` weights apply unchanged.
+Like torchvision, the last feature map is average-pooled to 7x7 (adaptively, so any
+input of at least ``MIN_IMAGE_SIZE`` px works) and flattened in channel-major order, so
+``classifier.0`` weights apply unchanged.
 """
 
 import re
@@ -12,6 +13,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+
+from tljax.errors import UserError
+from tljax.models import blocktable
 
 # Output channels per conv, "M" for a 2x2 max-pool; torchvision indexes both in `features`.
 CFG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -29,15 +33,27 @@ def conv_indices(cfg=CFG16) -> list:
     return out
 
 
+# Five 2x2 max-pools: a smaller input leaves an empty last feature map.
+MIN_IMAGE_SIZE = 32
+
+
+def _pool_matrix(n: int, out: int = 7) -> np.ndarray:
+    """Returns the (out, n) matrix averaging torchvision's adaptive bins:
+    bin i covers [floor(i n / out), ceil((i + 1) n / out))."""
+    m = np.zeros((out, n), np.float32)
+    for i in range(out):
+        lo, hi = (i * n) // out, -(-((i + 1) * n) // out)
+        m[i, lo:hi] = 1.0 / (hi - lo)
+    return m
+
+
 def _adaptive_avg_pool_7(x):
-    """torchvision's AdaptiveAvgPool2d((7, 7)) for maps that divide 7 or that 7 divides."""
+    """Returns torchvision's AdaptiveAvgPool2d((7, 7)) of an NHWC map of any size >= 1."""
     h, w = x.shape[1:3]
-    if h % 7 == 0 and w % 7 == 0:
-        return nn.avg_pool(x, (h // 7, w // 7), (h // 7, w // 7))
-    if 7 % h == 0 and 7 % w == 0:
-        return jnp.repeat(jnp.repeat(x, 7 // h, axis=1), 7 // w, axis=2)
-    raise ValueError(f"VGG's 7x7 pooling needs a last feature map that divides or is divided by 7; "
-                     f"got {h}x{w} (inputs of 224 or 32 px work)")
+    if (h, w) == (7, 7):
+        return x
+    mh, mw = (jnp.asarray(_pool_matrix(n), x.dtype) for n in (h, w))
+    return jnp.einsum("ih,jw,nhwc->nijc", mh, mw, x)
 
 
 class _Features(nn.Module):
@@ -69,16 +85,24 @@ class VGG(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
         """Returns the second fully connected layer's activations, shape (batch, 4096)."""
+        blocktable.frozen_paths(self, frozen_blocks, table(self.cfg))  # checks the names; no BatchNorm
+        if min(x.shape[1:3]) < MIN_IMAGE_SIZE:
+            raise UserError(f"VGG gets {x.shape[1]}x{x.shape[2]} px input; valid: at least "
+                            f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}")
         x = _adaptive_avg_pool_7(_Features(self.cfg, name="features")(x))
         x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
         return _Classifier(name="classifier")(x)
 
 
+def table(cfg=CFG16) -> tuple:
+    """Returns the block table (blocktable): one block per conv, then ``fc1``, ``fc2``."""
+    return (tuple((f"conv{n}", (f"features/{i}",)) for n, i in enumerate(conv_indices(cfg), start=1))
+            + (("fc1", ("classifier/0",)), ("fc2", ("classifier/3",))))
+
+
 def blocks(cfg=CFG16) -> tuple:
-    """Returns the block order: one block per conv, then ``fc1``, ``fc2``."""
-    return (tuple((f"conv{n}", rf"backbone/features/{i}/.*")
-                  for n, i in enumerate(conv_indices(cfg), start=1))
-            + (("fc1", r"backbone/classifier/0/.*"), ("fc2", r"backbone/classifier/3/.*")))
+    """Returns the block order ``(name, param-path regex)``: one block per conv, ``fc1``, ``fc2``."""
+    return blocktable.regexes(table(cfg))
 
 
 _KERAS = re.compile(r"(?:.*/)?(block(\d)_conv(\d)|fc1|fc2|predictions)/(kernel|bias)(?::0)?$")

