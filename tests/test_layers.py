@@ -1,6 +1,7 @@
 """The small-feature-map conv route gives the same output as XLA's convolution."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
@@ -54,3 +55,101 @@ def test_resnet18_at_32px_gives_the_same_features_with_xla_convs_only(monkeypatc
     want = model.module.apply(variables, x, method="features")
     assert np.abs(got).max() > 0.1
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def _depthwise_case(size, kernel, stride, padding, channels=6, seed=3):
+    from tljax.models.layers import _pads
+
+    rng = np.random.default_rng(seed)
+    h, w = size if isinstance(size, tuple) else (size, size)
+    x = rng.normal(size=(2, h, w, channels)).astype(np.float32)
+    k = rng.normal(size=(kernel, kernel, 1, channels)).astype(np.float32)
+    pads = (_pads(h, kernel, stride, padding), _pads(w, kernel, stride, padding))
+    return x, k, (stride, stride), pads
+
+
+def _xla_depthwise(x, k, strides, pads):
+    return lax.conv_general_dilated(x, k, strides, pads, feature_group_count=x.shape[-1],
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# Sizes: even square, and odd height with even width.
+DEPTHWISE_CASES = [(size, kernel, stride, padding)
+                   for size in (8, (9, 6)) for kernel in (3, 5) for stride in (1, 2)
+                   for padding in ("SAME", kernel // 2, 0)]
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", DEPTHWISE_CASES)
+def test_depthwise_by_slices_matches_lax_conv_forward_and_gradients(size, kernel, stride, padding):
+    from tljax.models.layers import _depthwise_by_slices
+
+    x, k, strides, pads = _depthwise_case(size, kernel, stride, padding)
+    # A fixed random cotangent, so every output pixel weighs differently in the gradients.
+    ct = np.random.default_rng(4).normal(size=_xla_depthwise(x, k, strides, pads).shape)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(conv(x, k, strides, pads) * ct)
+
+    want = _xla_depthwise(x, k, strides, pads)
+    got = jax.jit(_depthwise_by_slices, static_argnums=(2, 3))(x, k, strides, pads)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    want_dx, want_dk = jax.jit(jax.grad(loss(_xla_depthwise), argnums=(0, 1)))(x, k)
+    got_dx, got_dk = jax.jit(jax.grad(loss(_depthwise_by_slices), argnums=(0, 1)))(x, k)
+    np.testing.assert_allclose(got_dx, want_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_dk, want_dk, rtol=1e-5, atol=1e-5)
+
+
+def _conv_primitives(module, x):
+    variables = module.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(lambda v: module.apply(v, x))(variables)
+    return variables, {e.primitive.name for e in jaxpr.eqns}
+
+
+def test_depthwise_conv_on_cpu_takes_the_slices_route_with_the_same_params(monkeypatch):
+    from tljax.models.layers import Conv
+
+    monkeypatch.delenv("TLJAX_DEPTHWISE", raising=False)
+    x = np.random.default_rng(5).normal(size=(2, 9, 9, 8)).astype(np.float32)
+    conv = Conv(8, (5, 5), (2, 2), "SAME", feature_group_count=8)
+    variables, default = _conv_primitives(conv, x)
+    assert jax.default_backend() == "cpu" and "conv_general_dilated" not in default
+    assert jax.tree.map(np.shape, variables) == {"params": {"kernel": (5, 5, 1, 8)}}
+    _, forced = _conv_primitives(conv.clone(depthwise="conv"), x)
+    assert "conv_general_dilated" in forced
+    monkeypatch.setenv("TLJAX_DEPTHWISE", "conv")
+    _, by_env = _conv_primitives(conv, x)
+    assert "conv_general_dilated" in by_env
+    np.testing.assert_allclose(conv.apply(variables, x), conv.clone(depthwise="slices").apply(
+        variables, x), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_depthwise_route_names_the_known_ones(monkeypatch):
+    from tljax.errors import UserError
+    from tljax.models.layers import Conv
+
+    monkeypatch.setenv("TLJAX_DEPTHWISE", "slice")
+    x = np.zeros((1, 4, 4, 2), np.float32)
+    with pytest.raises(UserError, match="'slice'; known: conv, slices"):
+        Conv(2, (3, 3), padding=1, feature_group_count=2).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_depthwise_by_slices_gradients_keep_bfloat16_and_match_float32(kernel):
+    """Under compute_dtype bfloat16 the custom gradient returns bfloat16 (custom_vjp
+    requires it) and the kernel gradient, summed in float32, stays close to float32's."""
+    from tljax.models.layers import _depthwise_by_slices
+
+    x, k, strides, pads = _depthwise_case(12, kernel, 2, "SAME", channels=16)
+
+    def grads(dtype):
+        return jax.jit(jax.grad(lambda x, k: jnp.sum(
+            _depthwise_by_slices(x, k, strides, pads).astype(jnp.float32) ** 2),
+            argnums=(0, 1)))(x.astype(dtype), k.astype(dtype))
+
+    (dx16, dk16), (dx32, dk32) = grads(jnp.bfloat16), grads(jnp.float32)
+    assert dx16.dtype == dk16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(dk16, np.float32), dk32, rtol=0.05,
+                               atol=0.05 * np.abs(dk32).max())
+    np.testing.assert_allclose(np.asarray(dx16, np.float32), dx32, rtol=0.05,
+                               atol=0.05 * np.abs(dx32).max())
