@@ -85,7 +85,11 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
 
     def accumulated(trainable, frozen, batch_stats, images, labels):
         """Returns what ``grad_fn`` does, averaged over ``accum_steps`` micro-batches."""
-        micro = lambda x: x.reshape((accum_steps, -1) + x.shape[1:])  # noqa: E731
+        # Micro-batch k takes rows k, k + accum_steps, ...: on a mesh, where each device
+        # holds a contiguous run of rows, every micro-batch is then spread over all devices
+        # (no all-gather, no device computes another's rows). The reshape to
+        # (rows / accum_steps, accum_steps) keeps each device's rows on it; the swap is local.
+        micro = lambda x: x.reshape((-1, accum_steps) + x.shape[1:]).swapaxes(0, 1)  # noqa: E731
 
         def body(carry, batch):
             grads, stats = carry
@@ -96,7 +100,9 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
         (grads, stats), (losses, logits) = jax.lax.scan(
             body, (zeros, batch_stats), (micro(images), micro(labels)))
         grads = jax.tree.map(lambda g: g / accum_steps, grads)
-        return (losses.mean(), (logits.reshape((-1,) + logits.shape[2:]), stats)), grads
+        # Back to the batch's row order (row j * accum_steps + k is micro k's j-th row).
+        logits = logits.swapaxes(0, 1).reshape((-1,) + logits.shape[2:])
+        return (losses.mean(), (logits, stats)), grads
 
     def step(state: TrainState, images, labels):
         trainable, frozen = _split(state.params, trainable_paths)
@@ -126,6 +132,20 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
 def make_predict(module) -> Callable:
     """Returns ``predict(variables, images) -> logits`` in inference mode, jit-compiled."""
     return jax.jit(lambda variables, images: module.apply(variables, images, train=False))
+
+
+def make_eval_loss(module) -> Callable:
+    """Returns ``loss(state, images, labels)``, jit-compiled: the mean cross-entropy of the
+    ``TrainState``'s model in inference mode (running BatchNorm statistics), the model a
+    checkpoint holds. ``fit`` calls it on the last batch before saving: params can be
+    finite and still overflow the logits (a 1e37 head), which no check of the params sees.
+    """
+    def loss(state, images, labels):
+        logits = module.apply(_variables(state.params, state.batch_stats), images, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(
+            logits.astype(jnp.float32), labels).mean()
+
+    return jax.jit(loss)
 
 
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -161,22 +181,60 @@ def predict_batched(fn: Callable, inputs: np.ndarray, batch_size: int) -> np.nda
 
 def evaluate(predict: Callable, variables: dict, images: np.ndarray, labels: np.ndarray,
              batch_size: int) -> dict:
-    """Returns ``{"accuracy", "macro_f1", "loss"}`` of ``variables`` on one split."""
+    """Returns ``{"accuracy", "macro_f1", "loss"}`` of ``variables`` on one split.
+
+    Raises ``FloatingPointError`` when any logit is NaN or inf: a diverged model has no
+    accuracy worth recording.
+    """
     logits = predict_batched(lambda batch: predict(variables, batch), images, batch_size)
+    bad = int(np.sum(~np.isfinite(logits).all(axis=-1)))
+    if bad:
+        raise FloatingPointError(f"non-finite logits for {bad} of {len(logits)} examples")
     return classification_metrics(logits, labels)
+
+
+@jax.jit
+def _finite_parts(state) -> dict:
+    """Returns ``{part: all floating leaves finite}`` for ``params``, ``batch_stats`` and
+    ``opt_state`` of a ``TrainState`` (``{"state": ...}`` for any other pytree)."""
+    parts = ({name: getattr(state, name) for name in ("params", "batch_stats", "opt_state")}
+             if isinstance(state, TrainState) else {"state": state})
+
+    def finite(tree):
+        flags = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                 if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.stack(flags).all() if flags else jnp.asarray(True)
+
+    return {name: finite(tree) for name, tree in parts.items()}
+
+
+def _check_finite(state, step: int, post_update_loss, images, labels) -> None:
+    """Raises ``FloatingPointError`` naming ``step`` unless every floating leaf of ``state``
+    is finite and (where given) ``post_update_loss(state, images, labels)`` is too."""
+    bad = [name for name, ok in jax.device_get(_finite_parts(state)).items() if not ok]
+    if bad:
+        raise FloatingPointError(f"{' and '.join(bad)} became non-finite at step {step}")
+    if post_update_loss is not None and not np.isfinite(
+            float(post_update_loss(state, images, labels))):
+        raise FloatingPointError(f"the loss after the update became non-finite at step {step}")
 
 
 def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
         desc: str = "train", log_every: int = 50, start_step: int = 0,
-        checkpoint: Callable | None = None, checkpoint_every: int = 0) -> tuple:
+        checkpoint: Callable | None = None, checkpoint_every: int = 0,
+        post_update_loss: Callable | None = None) -> tuple:
     """Runs steps ``start_step + 1 .. num_steps`` over ``batches``.
 
     Returns ``(state, history, seconds)``: ``history`` holds ``{"step", "loss",
     "accuracy"}`` every ``log_every`` steps and at the end; ``seconds`` is the wall time of
     the loop, compilation included. ``checkpoint(state, step)`` is called every
     ``checkpoint_every`` steps and at the end, only once the loss is known to have been
-    finite at every step so far. A NaN or inf loss raises ``FloatingPointError`` naming
-    the first step that had it.
+    finite at every step so far and the updated state is finite (every float leaf of
+    params, batch_stats and optimizer state), and, where ``post_update_loss(state, images,
+    labels)`` is given (``make_eval_loss``), its loss on the last batch too. A step's loss
+    is computed before its update, so these checks, also run at the end with or without a
+    checkpoint, are what sees a divergence in the last step. Any of them failing raises
+    ``FloatingPointError`` naming the step.
     """
     history = []
     start = time.perf_counter()
@@ -194,6 +252,8 @@ def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
         if log or save:
             if int(first_bad) >= 0:
                 raise FloatingPointError(f"loss became non-finite at step {int(first_bad)}")
+        if save or last:
+            _check_finite(state, i + 1, post_update_loss, images, labels)
         if log:
             metrics = {k: float(v) for k, v in metrics.items()}
             history.append({"step": i + 1, **metrics})
