@@ -69,3 +69,26 @@ def test_batches_cover_an_epoch_without_repeats_and_depend_on_seed_only():
     np.testing.assert_array_equal(next(again)[1], epoch[:5])
     with pytest.raises(UserError, match="batch_size 11 is larger than the training split"):
         next(data.batches(x, y, 11, seed=0))
+
+
+def test_first_use_says_in_tljax_words_that_digits_is_built_locally(tmp_path):
+    # Issue 8 item 19: no absl "Variant folder ... has no dataset_info.json" warning and no
+    # tfds "Downloading and preparing dataset Unknown size" banner; one tljax line instead.
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TLJAX_DATA_DIR=str(tmp_path))
+    code = "from tljax import data; data.load('digits'); data.load('digits:0-4')"
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env=env)
+    both = first.stdout + first.stderr
+    for noise in ("dataset_info.json", "WARNING:absl", "Downloading and preparing",
+                  "downloaded and prepared", "Unknown size"):
+        assert noise not in both, both
+    line = (f"tljax: preparing the built-in dataset 'digits' (scikit-learn's bundled handwritten "
+            f"digits; no download) in {tmp_path}")
+    assert first.stderr.count(line) == 1, first.stderr
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, env=env)
+    assert "preparing" not in again.stdout + again.stderr  # prepared once, then only read

@@ -1,18 +1,24 @@
-"""Datasets by name, read as numpy through TFDS; class-subset views.
+"""Datasets by name, read as numpy through TFDS; class-subset and corrupted views.
 
-A dataset spec is a TFDS name with an optional class subset: ``digits``,
-``digits:0-4``, ``cifar10:0,1,8``. A subset keeps the listed classes, relabelled
-0..k-1 in the order given. tljax's own builders (``digits``) are prepared on first use;
-TFDS catalog names read their prepared array_record data, and are downloaded and
-prepared (as array_record) when ``download`` is True.
+A dataset spec is a TFDS name with an optional class subset and an optional corruption:
+``digits``, ``digits:0-4``, ``cifar10:0,1,8``, ``digits:5-9@gaussian_noise:3``,
+``digits@contrast:2``. A subset keeps the listed classes, relabelled 0..k-1 in the order
+given; a corruption (``tljax.data.corruptions``) applies to every split at a severity 1-5.
+tljax's own builders (``digits``) are prepared on first use; TFDS catalog names read their
+prepared array_record data, and are downloaded and prepared (as array_record) when
+``download`` is True.
 """
 
+import contextlib
 import dataclasses
 import functools
+import io
 import os
+import sys
 
 import numpy as np
 
+from tljax.data import corruptions
 from tljax.errors import UserError, unknown
 
 BUILTIN = ("digits",)
@@ -46,10 +52,23 @@ class Dataset:
 
 
 def parse_spec(spec: str) -> tuple:
-    """Returns ``(name, classes or None)`` for ``"name"`` or ``"name:0-4,7"``."""
-    name, _, subset = str(spec).partition(":")
+    """Returns ``(name, classes or None, (corruption, severity) or None)``.
+
+    For ``"name"``, ``"name:0-4,7"``, ``"name@contrast:2"`` or ``"name:5-9@contrast:2"``.
+    Raises ``UserError`` for a bad class subset or corruption, naming the valid ones.
+    """
+    spec = str(spec)
+    base, at, corruption = spec.partition("@")
+    if at:
+        if "@" in corruption:
+            raise UserError(f"dataset {spec!r} has more than one '@'; one corruption per "
+                            "spec, e.g. 'digits:5-9@gaussian_noise:3'")
+        corruption = corruptions.parse(corruption, spec)
+    else:
+        corruption = None
+    name, _, subset = base.partition(":")
     if not subset:
-        return name, None
+        return name, None, corruption
     classes = []
     try:
         for part in subset.split(","):
@@ -61,7 +80,7 @@ def parse_spec(spec: str) -> tuple:
     if len(set(classes)) != len(classes) or len(classes) < 2:
         raise UserError(f"bad class subset {subset!r} in dataset {spec!r}; "
                         "need two or more distinct classes")
-    return name, tuple(classes)
+    return name, tuple(classes), corruption
 
 
 def check_known(name: str) -> None:
@@ -75,20 +94,40 @@ def check_known(name: str) -> None:
                         "or any TFDS catalog name")
 
 
+# What each built-in builder is made from, for the line printed when it is first prepared.
+BUILTIN_SOURCES = {"digits": "scikit-learn's bundled handwritten digits; no download"}
+
+
+@contextlib.contextmanager
+def _quiet_tfds(swallow_prints: bool):
+    """Runs its body with absl at ERROR and tfds's progress bars off; with ``swallow_prints``
+    also drops what tfds prints to stdout ("Downloading and preparing dataset Unknown size",
+    which for a built-in builder reads like a download).
+    """
+    import tensorflow_datasets as tfds
+    from absl import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        if swallow_prints:
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+        else:
+            yield
+    finally:
+        tfds.display_progress_bar(True)
+        logging.set_verbosity(verbosity)
+
+
 def _builder(name: str, data_dir: str):
     import tensorflow_datasets as tfds
 
     if name == "digits":
-        from absl import logging
-
         from tljax.data.digits import Digits
 
-        verbosity = logging.get_verbosity()
-        logging.set_verbosity(logging.ERROR)  # "no dataset_info.json yet" before the first build
-        try:
-            return Digits(data_dir=data_dir, file_format="array_record")
-        finally:
-            logging.set_verbosity(verbosity)
+        return Digits(data_dir=data_dir, file_format="array_record")
     check_known(name)
     return tfds.builder(name, data_dir=data_dir, file_format="array_record")
 
@@ -103,34 +142,35 @@ def _read_split(source, image_key: str, label_key: str) -> Split:
     return Split(images, labels)
 
 
-def _prepare_quietly(builder) -> None:
-    """Prepares ``builder`` as array_record with one log line instead of tfds's progress bars."""
-    import sys
+def _prepared_builder(name: str, data_dir: str, download: bool):
+    """Returns the builder of ``name``, prepared as array_record.
 
-    import tensorflow_datasets as tfds
-    from absl import logging
-
-    print(f"tljax: preparing dataset {builder.name} in {builder.data_dir}", file=sys.stderr)
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
-    tfds.display_progress_bar(False)
-    try:
+    Preparing prints one tljax line to stderr: for a built-in builder instead of tfds's
+    "has no dataset_info.json" warning and download banner; for a catalog dataset before
+    tfds's own download report.
+    """
+    builtin = name in BUILTIN
+    with _quiet_tfds(swallow_prints=builtin):
+        builder = _builder(name, data_dir)
+        if builder.is_prepared():
+            return builder
+        if builtin:
+            what = f"the built-in dataset {name!r} ({BUILTIN_SOURCES[name]})"
+        elif download:
+            what = f"TFDS dataset {name!r} (downloading it)"
+        else:
+            raise UserError(f"dataset {name!r} is not prepared under {data_dir}; "
+                            "set download=True or prepare it with tfds")
+        print(f"tljax: preparing {what} in {builder.data_dir}", file=sys.stderr)
         builder.download_and_prepare(file_format="array_record")
-    finally:
-        tfds.display_progress_bar(True)
-        logging.set_verbosity(verbosity)
+    return builder
 
 
 @functools.lru_cache(maxsize=16)
 def _load_full(name: str, data_dir: str, download: bool, split_map: tuple) -> tuple:
     import tensorflow_datasets as tfds
 
-    builder = _builder(name, data_dir)
-    if not builder.is_prepared():
-        if name not in BUILTIN and not download:
-            raise UserError(f"dataset {name!r} is not prepared under {data_dir}; "
-                            "set download=True or prepare it with tfds")
-        _prepare_quietly(builder)
+    builder = _prepared_builder(name, data_dir, download)
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     have = set(info.splits.keys())
@@ -146,15 +186,31 @@ def _load_full(name: str, data_dir: str, download: bool, split_map: tuple) -> tu
     return label_feature.num_classes, tuple(label_feature.names), splits
 
 
+@functools.lru_cache(maxsize=4)
+def _corrupted(name: str, data_dir: str, download: bool, split_map: tuple,
+               corruption: tuple) -> dict:
+    """Returns ``{split: Split}`` of the full dataset with ``corruption`` applied to each split.
+
+    The full split is corrupted (then subset by the caller), so an example's pixels do not
+    depend on the class subset; the seed names the dataset, corruption and split only.
+    """
+    _, _, full = _load_full(name, data_dir, download, split_map)
+    kind, severity = corruption
+    return {split: Split(corruptions.apply(s.images, kind, severity,
+                                           corruptions.seed(name, kind, severity, split)),
+                         s.labels)
+            for split, s in full.items()}
+
+
 def load(spec: str, data_dir: str | None = None, download: bool = False,
          splits: dict | None = None) -> Dataset:
-    """Returns the dataset (or class-subset view) ``spec`` with ``train``/``val``/``test``.
+    """Returns dataset ``spec`` (or its class-subset / corrupted view), ``train``/``val``/``test``.
 
     ``splits`` maps tljax's split names to the dataset's own TFDS split strings; the
     default is the dataset's train/validation/test, or 90/10 of train where it has no
     validation split.
     """
-    name, classes = parse_spec(spec)
+    name, classes, corruption = parse_spec(spec)
     data_dir = data_dir or default_data_dir()
     if splits is None:
         splits = {s: s for s in SPLITS} if name in BUILTIN else None
@@ -164,7 +220,10 @@ def load(spec: str, data_dir: str | None = None, download: bool = False,
         have = _builder(name, data_dir).info.splits.keys()
         if "validation" in have:
             splits["train"], splits["val"] = "train", "validation"
-    num_classes, names, full = _load_full(name, data_dir, download, tuple(sorted(splits.items())))
+    split_map = tuple(sorted(splits.items()))
+    num_classes, names, full = _load_full(name, data_dir, download, split_map)
+    if corruption is not None:
+        full = _corrupted(name, data_dir, download, split_map, corruption)
     if classes is None:
         return Dataset(spec, num_classes, names, full)
     bad = [c for c in classes if not 0 <= c < num_classes]
