@@ -5,9 +5,12 @@ and the returned ConfigDict is locked, so a mistyped key or a wrongly typed valu
 at once with a message naming it.
 """
 
+import difflib
+import contextlib
 import importlib.util
 import json
 import os
+import re
 
 import ml_collections
 from ml_collections import config_dict
@@ -49,6 +52,10 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.weight_decay = 0.0
     c.grad_clip = 1.0
     c.warmup_steps = 0
+    # L2-SP (Li et al. 2018): trainable backbone params pulled toward their pretrained
+    # values with weight l2sp_alpha, the head toward zero with l2sp_beta (0 = off).
+    c.l2sp_alpha = 0.0
+    c.l2sp_beta = 0.0
     c.per_strategy = ml_collections.ConfigDict()
     c.bn_mode = "per_block"
     # Linear probes on cached features (tljax.probe): solver, L2 grid, cache ('' = default
@@ -69,15 +76,33 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.checkpoint_every = 100
     c.log_every = 50
     # A source model trained by the experiment itself, saved and loaded back as weights.
+    # Sweeps (tljax.sweep): key -> list of values, run as a grid x strategies x seeds
+    # (per strategy too: per_strategy.NAME.sweep); the point with the best mean validation
+    # select_metric is selected. select_seeds=N runs the grid on the first N seeds only and
+    # then the selected point on the rest (0 = every point on every seed).
+    c.sweep = ml_collections.ConfigDict()
+    c.select_seeds = 0
+    c.select_metric = "accuracy"
     c.pretrain = ml_collections.ConfigDict(
         {"dataset": "", "steps": 500, "lr": 3e-3, "batch_size": 64, "seed": 0})
-    c.update_from_flattened_dict(overrides) if overrides else None
     c.lock()
+    # After lock(): a misspelt keyword (transfer(sead=[0])) is an unknown key, not a new one.
+    apply_values(c, overrides)
     return c
 
 
+def apply_values(cfg: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+    """Returns ``cfg`` with each ``{dotted key: value}`` set, as ``--set`` would set it."""
+    return apply_overrides(cfg, [(key, value) for key, value in values.items()])
+
+
 def load(path: str) -> ml_collections.ConfigDict:
-    """Returns ``get_config()`` of the python config file at ``path``."""
+    """Returns ``get_config()`` of the python config file at ``path``.
+
+    Anything that goes wrong in the file is the user's: a ``UserError`` of one line naming
+    the file (and line), e.g. a key the locked config does not have, with the known keys
+    closest match first.
+    """
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path!r}")
     spec = importlib.util.spec_from_file_location("tljax_config", path)
@@ -88,11 +113,82 @@ def load(path: str) -> ml_collections.ConfigDict:
         raise UserError(f"cannot load config {path!r}: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise UserError(f"config {path!r} defines no get_config()")
-    cfg = module.get_config()
+    try:
+        cfg = module.get_config()
+    except Exception as e:
+        raise _get_config_error(path, e) from None
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise UserError(f"get_config() in {path!r} must return a ConfigDict; "
                         f"got {type(cfg).__name__}")
     return cfg
+
+
+# ml_collections' message when a locked ConfigDict is given a key it lacks.
+_LOCKED_KEY = re.compile(r'Key "([^"]+)" does not exist and cannot be added')
+
+
+def _get_config_error(path: str, exc: Exception) -> UserError:
+    """Returns the one-line error for an exception raised inside ``get_config()`` of ``path``."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    here = path
+    lines = [f.f_lineno for f in frames if os.path.abspath(f.f_code.co_filename)
+             == os.path.abspath(path)]
+    if lines:
+        here = f"{path}:{lines[-1]}"  # the deepest line of the user's file
+    match = _LOCKED_KEY.search(str(exc))
+    if match:
+        # The locked node is ``self`` in ml_collections' __setattr__/__setitem__; its dotted
+        # prefix is found from any ConfigDict the config file's frames hold (the root).
+        node = next((f.f_locals["self"] for f in reversed(frames)
+                     if isinstance(f.f_locals.get("self"), ml_collections.ConfigDict)), None)
+        if node is not None:
+            prefix = ""
+            for frame in frames:
+                for value in list(frame.f_locals.values()):
+                    if isinstance(value, ml_collections.ConfigDict):
+                        found = _prefix_of(node, value)
+                        if found is not None and len(found) > len(prefix):
+                            prefix = found
+            key = prefix + match.group(1)
+            known = known_keys(node, prefix)
+            return UserError(f"config {here}: unknown config key {key!r}; known (closest "
+                             f"first): {', '.join(closest_first(key, known))}")
+    text = " ".join(str(exc).split())  # one line, whatever the exception's message
+    return UserError(f"config {here}: get_config() failed: {type(exc).__name__}: {text}")
+
+
+def _prefix_of(node, root, prefix: str = ""):
+    """Returns the dotted prefix (``pretrain.``) at which ``node`` sits in ``root``, or None."""
+    if node is root:
+        return prefix
+    for k, v in root.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            found = _prefix_of(node, v, f"{prefix}{k}.")
+            if found is not None:
+                return found
+    return None
+
+
+# Names other libraries use for a key tljax spells differently: shown first when mistyped.
+_ALIASES = {"learning_rate": "lr", "base_lr": "lr", "epochs": "steps", "num_steps": "steps",
+            "total_steps": "steps", "train_steps": "steps", "seed": "seeds",
+            "strategy": "strategies", "wd": "weight_decay", "clip_grad_norm": "grad_clip",
+            "warmup": "warmup_steps", "workdir": "experiment"}
+
+
+def closest_first(key: str, known) -> list:
+    """Returns ``known`` with the keys closest to ``key`` first (difflib), then the rest sorted."""
+    known = sorted(known)
+    prefix, _, leaf = key.rpartition(".")
+    alias = (prefix + "." if prefix else "") + _ALIASES.get(leaf, leaf)
+    close = ([alias] if alias in known and alias != key else []) + difflib.get_close_matches(
+        key, known, n=len(known), cutoff=0.6)
+    close = list(dict.fromkeys(close))
+    return close + [k for k in known if k not in close]
 
 
 def parse_value(text: str):
@@ -114,24 +210,115 @@ def known_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list:
     return sorted(keys)
 
 
+def _unknown_key(key: str, cfg) -> UserError:
+    """Returns the error for ``--set KEY=...`` with a key ``cfg`` lacks, closest keys first."""
+    return UserError(f"unknown config key {key!r}; known: "
+                     f"{', '.join(closest_first(key, known_keys(cfg)))}")
+
+
+FREE_FORM = ("sweep", "per_strategy", "shifted", "rules")
+
+
+# One line per key for ``tljax list keys``; a key missing here is listed without one.
+KEY_HELP = {
+    "experiment": "name of the experiment; the default workdir is runs/<experiment>",
+    "model": "model name (tljax list)",
+    "weights": "'' = random init; a pretrained name (tljax list), weights file or checkpoint",
+    "image_size": "input size in px (null: the model's own)",
+    "channels": "input channels (null: the model's own)",
+    "dataset": "dataset spec: digits, digits:5-9, digits:1,3@gaussian_noise:3, a TFDS name",
+    "data_dir": "where datasets live ('' = $TLJAX_DATA_DIR or ~/.cache/tljax)",
+    "download": "prepare a missing TFDS catalog dataset",
+    "shifted": "name -> dataset spec, evaluated on its test split as an extra split",
+    "strategies": "strategy specs (tljax list) or names in rules; one run each per seed",
+    "rules": "name -> [[regex, rule], ...]; check with tljax list rules MODEL STRATEGY",
+    "seeds": "one run per seed and strategy",
+    "steps": "training steps per run through the network",
+    "batch_size": "training batch size (divisible by devices x accum_steps)",
+    "optimizer": "adam | sgd",
+    "lr": "peak learning rate (cosine decay to 0)",
+    "momentum": "sgd momentum",
+    "weight_decay": "weight decay on trainable kernels (biases and norms excluded)",
+    "grad_clip": "global-norm clip over trainable grads (0 = off)",
+    "warmup_steps": "linear LR warmup steps",
+    "l2sp_alpha": "L2-SP pull of trainable backbone params toward pretrained values (0 = off)",
+    "l2sp_beta": "L2-SP pull of the head toward zero (0 = off)",
+    "per_strategy": "strategy -> overrides of the optimisation keys, e.g. per_strategy.lp_ft.lr",
+    "bn_mode": "per_block: BatchNorm trains in blocks with trainable params | eval",
+    "probe_solver": "lbfgs | ridge | adam, for linear_probe on cached features",
+    "probe_standardize": "scale probe features by the train split's mean/std",
+    "probe_l2_grid": "L2 values swept by the probe, picked on val",
+    "feature_cache": "feature cache directory ('' = default, 'none' = off)",
+    "shots": "training examples per class (0 = the whole train split)",
+    "eval_batch_size": "batch size for evaluation and feature extraction",
+    "parallel": "mesh (NamedSharding) | pmap",
+    "fsdp_regex": "params whose path matches are sharded over devices ('' = none)",
+    "compute_dtype": "float32 | bfloat16 (params and optimizer state stay float32)",
+    "accum_steps": "micro-batches per update (gradient accumulation)",
+    "checkpoint_every": "steps between checkpoints",
+    "log_every": "steps between log lines",
+    "sweep": "key -> list of values, run as a grid x strategies x seeds",
+    "select_seeds": "run the sweep grid on the first N seeds only (0 = all seeds)",
+    "select_metric": "validation metric that picks the sweep point",
+    "pretrain.dataset": "train a source model on this dataset first when weights is ''",
+    "pretrain.steps": "source-model training steps",
+    "pretrain.lr": "source-model learning rate",
+    "pretrain.batch_size": "source-model batch size",
+    "pretrain.seed": "source-model seed",
+}
+
+
+def describe_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> list:
+    """Returns ``(dotted key, type name, default as JSON, description)`` per key, sorted.
+
+    Types are the ones a locked config enforces (``int`` for a placeholder such as
+    ``image_size``, whose default is ``null``).
+    """
+    rows = []
+    for k, v in cfg.items():
+        key = prefix + k
+        if isinstance(v, ml_collections.ConfigDict) and len(v):
+            rows += describe_keys(v, key + ".")
+            continue
+        if isinstance(v, ml_collections.ConfigDict):
+            kind, v = "dict", v.to_dict()
+        elif isinstance(v, (list, tuple)):
+            inner = {type(x).__name__ for x in v}
+            kind = f"list[{inner.pop()}]" if len(inner) == 1 else "list"
+        else:
+            kind = getattr(cfg.get_type(k), "__name__", str(cfg.get_type(k)))
+        rows.append((key, kind, json.dumps(v, default=str), KEY_HELP.get(key, "")))
+    return rows
+
+
 def apply_overrides(cfg: ml_collections.ConfigDict, pairs) -> ml_collections.ConfigDict:
     """Returns ``cfg`` with each ``key=value`` in ``pairs`` applied (dotted keys nest)."""
     for pair in pairs:
-        key, eq, text = pair.partition("=")
+        if isinstance(pair, tuple):  # (key, value) from python: no parsing
+            (key, value), eq = pair, "="
+            text = repr(value)
+        else:
+            key, eq, text = pair.partition("=")
+            value = parse_value(text)
         if not eq or not key:
             raise UserError(f"bad --set {pair!r}; expected key=value")
-        value = parse_value(text)
         node, *_ = cfg, None
         parts = key.split(".")
+        # Under sweep, per_strategy, shifted and rules the keys are the user's own names.
+        free = len(parts) > 1 and parts[0] in FREE_FORM
         for part in parts[:-1]:
+            if free and part not in node:
+                with node.unlocked():
+                    node[part] = ml_collections.ConfigDict()
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-                raise UserError(f"unknown config key {key!r}; known: {', '.join(known_keys(cfg))}")
+                raise _unknown_key(key, cfg)
             node = node[part]
         leaf = parts[-1]
-        if leaf not in node and (node.is_locked or node is cfg):
-            raise UserError(f"unknown config key {key!r}; known: {', '.join(known_keys(cfg))}")
+        if leaf not in node and not free and (node.is_locked or node is cfg):
+            raise _unknown_key(key, cfg)
         try:
-            node[leaf] = value
+            with node.unlocked() if free else contextlib.nullcontext():
+                node[leaf] = value
         except (TypeError, ValueError, AttributeError, KeyError):
             current = node.get_type(leaf) if leaf in node else None
             raise UserError(f"bad value {text!r} for config key {key!r}; expected "

@@ -8,6 +8,9 @@ lists from the model's block order (input to output, ``head`` last)::
     labels("last_k:2", params, model.blocks)      # preset with its argument after ':'
     labels([(r"head/.*", "train"), (r".*", "freeze")], params, model.blocks)
 
+``explain`` gives the same assignment path by path, with the ``(regex, rule)`` that claimed
+each param (``tljax list rules MODEL STRATEGY`` prints it).
+
 A block all of whose params are frozen is a *frozen block*: its BatchNorm runs on running
 statistics, which are never updated.
 """
@@ -105,7 +108,9 @@ def _surgical(blocks, arg):
                         f"{', '.join(body)}")
     for b in chosen:
         if b not in body:
-            raise unknown("block", b, body)
+            # Block names use dots (layer3.0), param paths slashes (backbone/layer3/0/...).
+            hint = " (block names use dots, not slashes)" if "/" in b else ""
+            raise UserError(f"unknown block {b!r}{hint}; known: {', '.join(body)}")
     return [(body[b], "train") for b in chosen] + _linear_probe(blocks, arg)
 
 
@@ -156,8 +161,11 @@ PRESETS = {
 }
 
 
-def expand(strategy, blocks) -> list:
-    """Returns the ``(regex, Rule)`` list for a preset spec (``"last_k:2"``) or a rule list."""
+def expand(strategy, blocks, model: str = "") -> list:
+    """Returns the ``(regex, Rule)`` list for a preset spec (``"last_k:2"``) or a rule list.
+
+    ``model`` (its name) only makes a preset's error say whose blocks it was given.
+    """
     if isinstance(strategy, str):
         name, _, arg = strategy.partition(":")
         if name not in PRESETS:
@@ -167,7 +175,15 @@ def expand(strategy, blocks) -> list:
             raise UserError(f"strategy {name!r} takes no argument; got {strategy!r}")
         if preset.arg is not None and not arg:
             raise UserError(f"strategy {name!r} needs an argument: {name}:{preset.arg}")
-        strategy = preset.expand(blocks, arg or None)
+        try:
+            strategy = preset.expand(blocks, arg or None)
+        except UserError as e:
+            # A preset sees the block order only; the model's name tells the user where to look.
+            if not model:
+                raise
+            n = len(_backbone_blocks(blocks))
+            raise UserError(f"{e} (model {model!r}: {n} backbone blocks; see "
+                            f"`tljax list blocks {model}`)") from None
     rules = []
     for item in strategy:
         if not isinstance(item, (list, tuple)) or len(item) != 2:
@@ -181,22 +197,22 @@ def expand(strategy, blocks) -> list:
     return rules
 
 
-def labels(strategy, params, blocks) -> dict:
-    """Returns a pytree shaped like ``params`` holding one ``Rule`` per leaf.
+def _match(strategy, params, blocks, model: str) -> tuple:
+    """Returns ``(rules, {param path: index of the rule that claims it})``, every param claimed.
 
     Raises ``UserError`` naming every param no pattern matches.
     """
-    rules = expand(strategy, blocks)
+    rules = expand(strategy, blocks, model)
     flat = traverse_util.flatten_dict(params, sep="/")
-    out, unmatched, used = {}, [], set()
+    claimed, unmatched = {}, []
     for path in flat:
         index = next((i for i, (pattern, _) in enumerate(rules) if pattern.fullmatch(path)), None)
         if index is None:
             unmatched.append(path)
-            continue
-        used.add(index)
-        out[path] = rules[index][1]
+        else:
+            claimed[path] = index
     if not isinstance(strategy, str):  # a user's rule list: a pattern that matches nothing is a typo
+        used = set(claimed.values())
         idle = [rules[i][0].pattern for i in range(len(rules)) if i not in used]
         if idle and not unmatched:
             raise UserError(f"strategy rule {idle[0]!r} matches no param (first match wins; "
@@ -205,7 +221,49 @@ def labels(strategy, params, blocks) -> dict:
         shown = ", ".join(unmatched[:20]) + (f", ... ({len(unmatched)} in all)"
                                             if len(unmatched) > 20 else "")
         raise UserError(f"strategy leaves params unmatched: {shown}")
-    return traverse_util.unflatten_dict(out, sep="/")
+    return rules, claimed
+
+
+def labels(strategy, params, blocks, model: str = "") -> dict:
+    """Returns a pytree shaped like ``params`` holding one ``Rule`` per leaf.
+
+    Raises ``UserError`` naming every param no pattern matches.
+    """
+    rules, claimed = _match(strategy, params, blocks, model)
+    return traverse_util.unflatten_dict({p: rules[i][1] for p, i in claimed.items()}, sep="/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One param under a strategy: its path, shape, block, rule and the ``(regex, rule)`` that won."""
+
+    path: str
+    shape: tuple
+    block: str
+    rule: Rule
+    index: int  # position of the winning (regex, rule) in the expanded strategy
+    pattern: str
+
+
+def explain(strategy, params, blocks, model: str = "") -> list:
+    """Returns one ``Claim`` per param of ``params`` (arrays or shape structs), input to output.
+
+    The same matching as ``labels`` (first ``re.fullmatch`` wins) and the same errors, so what
+    it shows is what a run would train; big_vision logs its mask trees the same way.
+    """
+    rules, claimed = _match(strategy, params, blocks, model)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    order = {name: i for i, (name, _) in enumerate(blocks)}
+    out = []
+    for path, leaf in flat.items():
+        block = block_of(path, blocks)
+        index = claimed[path]
+        out.append(Claim(path, tuple(leaf.shape), block, rules[index][1], index,
+                         rules[index][0].pattern))
+    # Params in block order, numbered parts in numeric order (layer/2 before layer/10).
+    key = lambda c: (order.get(c.block, len(order)),  # noqa: E731
+                     [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", c.path)])
+    return sorted(out, key=key)
 
 
 def frozen_blocks(rules, blocks) -> tuple:
@@ -234,11 +292,16 @@ def count(params, rules) -> tuple:
     return sum(int(sizes[p].size) for p, r in flat.items() if r.trainable), total
 
 
+def block_of(path: str, blocks: Sequence) -> str:
+    """Returns the name of the block whose regex matches ``path``, or '' for none."""
+    return next((name for name, pattern in blocks if re.fullmatch(pattern, path)), "")
+
+
 def _block_of(path: str, blocks: Sequence) -> str:
-    for name, pattern in blocks:
-        if re.fullmatch(pattern, path):
-            return name
-    raise ValueError(f"param {path!r} belongs to no block; blocks: {[b for b, _ in blocks]}")
+    name = block_of(path, blocks)
+    if not name:
+        raise ValueError(f"param {path!r} belongs to no block; blocks: {[b for b, _ in blocks]}")
+    return name
 
 
 def describe() -> dict:
