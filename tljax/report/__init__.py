@@ -1,0 +1,88 @@
+"""Result records -> a report: Markdown and CSV tables, a JSON summary and PNG plots.
+
+Hyperparameters are selected on validation data per (config, strategy, dataset, shots)
+(``selection``); the summary then gives the selected point's test accuracy over its seeds
+with a sample std, a t interval over seeds and a bootstrap interval over test examples.
+
+    records = report.read_results("runs/x/results.jsonl")
+    report.write(records, "runs/x")  # results.md, results.csv, summary.csv, report.json, plots/
+"""
+
+import json
+import os
+
+from tljax.report import plots, selection, tables
+from tljax.report.records import read_results, read_workdirs
+from tljax.report.selection import METRICS, Selection, select
+from tljax.report.stats import decode_correct, encode_correct
+
+__all__ = ["read_results", "read_workdirs", "select", "Selection", "METRICS",
+           "encode_correct", "decode_correct", "title_of", "markdown", "summary", "write",
+           "write_plots"]
+
+
+def title_of(records: list) -> str:
+    """Returns the report title: the records' experiment name(s), ``Results`` without one."""
+    names = []
+    for r in records:
+        if r.get("experiment") and r["experiment"] not in names:
+            names.append(str(r["experiment"]))
+    return " + ".join(names) or "Results"
+
+
+def _several_configs(records: list) -> bool:
+    """Returns whether some (strategy, dataset, shots) has runs of more than one config, so
+    tables and plots must tell the configs apart (a strategy's own overrides alone give it a
+    hash of its own, which needs no column)."""
+    keys = {selection.group_key(r) for r in records}
+    return len(keys) > len({k[1:] for k in keys})
+
+
+def summary(records: list, metric: str = "accuracy") -> dict:
+    """Returns ``{"selected": [one dict per selected (strategy, dataset, shots)], "runs": N}``
+    (the ``--json`` output and ``report.json``)."""
+    return tables.summary_json(tables.summary_rows(select(records, metric)), len(records))
+
+
+def markdown(records: list, title: str = None, metric: str = "accuracy") -> str:
+    """Returns the Markdown report: the selected point per (strategy, dataset, shots), the
+    whole grid when anything was swept, then every run."""
+    selections = select(records, metric)
+    return _markdown(records, selections, tables.summary_rows(selections), title, metric)
+
+
+def _markdown(records, selections, rows, title, metric) -> str:
+    several = _several_configs(records)
+    parts = [f"# {title or title_of(records)}",
+             f"Hyperparameters selected on validation {metric} (mean over the seeds every "
+             "grid point finished); test columns are the selected point over all its seeds. "
+             "Std is the sample std (ddof=1), n/a with one seed.",
+             "## Summary", tables.summary_table(rows, several)]
+    if any(len(sel.grid) > 1 for sel in selections):
+        parts += ["## Grid", tables.grid_table(records, selections, several)]
+    parts += ["## Runs", tables.runs_table(records, several)]
+    parts += [f"- {note}" for note in tables.notes(records, selections)]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_plots(records: list, out_dir: str, metric: str = "accuracy") -> list:
+    """Writes the report's PNG figures that have data into ``out_dir``; returns their paths."""
+    selections = select(records, metric)
+    return plots.write_all(tables.summary_rows(selections), selections, out_dir,
+                           _several_configs(records))
+
+
+def write(records: list, workdir: str, title: str = None, metric: str = "accuracy") -> str:
+    """Writes ``results.md``, ``results.csv`` (one row per run), ``summary.csv``,
+    ``report.json`` and ``plots/*.png`` into ``workdir``; returns the Markdown."""
+    selections = select(records, metric)
+    rows = tables.summary_rows(selections)
+    text = _markdown(records, selections, rows, title, metric)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(text)
+    tables.write_csv(os.path.join(workdir, "results.csv"), tables.run_rows(records, selections))
+    tables.write_csv(os.path.join(workdir, "summary.csv"), tables.flat_summary(rows))
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+        json.dump(tables.summary_json(rows, len(records)), f, indent=1)
+    plots.write_all(rows, selections, os.path.join(workdir, "plots"), _several_configs(records))
+    return text

@@ -1,0 +1,262 @@
+"""Sweeps: strategies x swept values x seeds, selected on validation, resumable.
+
+A config's ``sweep`` maps config keys to lists of values; ``per_strategy.NAME.sweep`` gives
+one strategy its own grid (replacing the global list of a key it names), and a fixed
+``per_strategy.NAME.KEY`` takes that key out of the global grid for that strategy. Keys a
+strategy's training path never reads (the learning rate of a cached-feature probe) are
+dropped from its grid, so no identical run is repeated.
+
+With ``select_seeds=N`` the grid runs on the first N seeds; then, per (strategy, dataset,
+shots), the point with the best mean validation ``select_metric`` (``tljax.report.
+selection``; test and shifted splits are never read) runs on the remaining seeds.
+
+Every run is keyed by ``tljax.run_keys.run_hash``: a rerun skips every run whose record
+says ``ok`` under the same hash, and resumes an unfinished one from its checkpoint.
+"""
+
+import copy
+import dataclasses
+import itertools
+import json
+import os
+import platform
+import shutil
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+import tljax
+from tljax import data, experiment, pretrain, run_keys
+from tljax.errors import UserError
+
+# Keys that describe the sweep itself, or that no single run can take another value of.
+NOT_SWEEPABLE = ("experiment", "strategies", "seeds", "sweep", "per_strategy", "select_seeds",
+                 "select_metric", "rules", "pretrain", "shifted", "log_every",
+                 "checkpoint_every", "eval_batch_size", "feature_cache", "data_dir", "download")
+
+
+@dataclasses.dataclass
+class Point:
+    """One grid point of one strategy: its swept values and its effective config."""
+
+    strategy: str
+    hparams: dict
+    cfg: ml_collections.ConfigDict
+
+
+def strategy_grid(cfg, strategy: str) -> dict:
+    """Returns ``{key: [values]}``, the grid ``strategy`` sweeps (global sweep, less keys the
+    strategy fixes or never reads, plus its own ``per_strategy`` sweep)."""
+    own = cfg.per_strategy.get(strategy, ml_collections.ConfigDict())
+    fixed = [k for k in own.keys() if k != "sweep"]
+    grid = {k: list(v) for k, v in cfg.sweep.items() if k not in fixed}
+    own_sweep = own.get("sweep", {})
+    both = sorted(set(fixed) & set(own_sweep.keys()))
+    if both:
+        raise UserError(f"per_strategy.{strategy} both fixes and sweeps {both[0]!r}; "
+                        "keep one of the two")
+    grid.update({k: list(v) for k, v in own_sweep.items()})
+    for key, values in grid.items():
+        if key not in cfg or key in NOT_SWEEPABLE or isinstance(cfg[key],
+                                                                 ml_collections.ConfigDict):
+            known = [k for k in cfg.keys() if k not in NOT_SWEEPABLE]
+            raise UserError(f"unknown sweep key {key!r}; known: {', '.join(sorted(known))}")
+        if not values:
+            raise UserError(f"sweep key {key!r} has no values; give a list, e.g. [1e-4, 1e-3]")
+    ignored = run_keys.IGNORED_BY_PATH[experiment.training_path(strategy)]
+    return {k: v for k, v in grid.items() if k not in ignored}
+
+
+def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.ConfigDict:
+    """Returns a copy of ``cfg`` as ``strategy`` runs it at ``hparams``: its per-strategy
+    settings and the swept values applied, ``per_strategy`` and ``sweep`` emptied."""
+    eff = copy.deepcopy(cfg)
+    for key, value in cfg.per_strategy.get(strategy, {}).items():
+        if key != "sweep":
+            experiment.strategy_config(cfg, strategy)  # names an unknown per-strategy key
+            eff[key] = value
+    for key, value in hparams.items():
+        try:
+            eff[key] = value
+        except (TypeError, ValueError):
+            raise UserError(f"bad sweep value {value!r} for {key!r}; expected "
+                            f"{type(cfg[key]).__name__}") from None
+    eff.per_strategy = {}
+    eff.sweep = {}
+    return eff
+
+
+def plan(cfg) -> list:
+    """Returns every grid ``Point`` of every strategy, in run order (validated)."""
+    points = []
+    for strategy in cfg.strategies:
+        grid = strategy_grid(cfg, strategy)
+        keys = sorted(grid)
+        for values in itertools.product(*(grid[k] for k in keys)):
+            hparams = dict(zip(keys, values))
+            eff = effective_config(cfg, strategy, hparams)
+            experiment.validate(eff, only=[strategy])
+            points.append(Point(strategy, hparams, eff))
+    return points
+
+
+class _Setup:
+    """Models, inputs and weights per distinct data/model setting, built once each."""
+
+    def __init__(self, base_cfg, workdir: str, log):
+        self.base_cfg, self.workdir, self.log = base_cfg, workdir, log
+        self.cache = {}
+        # Weights digests by path + size + mtime, kept beside the results: a large
+        # checkpoint is hashed once, and again only when its files change.
+        self.digest_file = os.path.join(workdir, ".weights_digests.json")
+        try:
+            with open(self.digest_file) as f:
+                self.digests = dict(json.load(f))
+        except (OSError, ValueError, TypeError):
+            self.digests = {}
+
+    def _digest(self, path: str) -> str:
+        before = len(self.digests)
+        digest = run_keys.weights_digest(path, self.digests)
+        if len(self.digests) != before and jax.process_index() == 0:
+            tmp = f"{self.digest_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(self.digests, f)
+            os.replace(tmp, self.digest_file)
+        return digest
+
+    def get(self, cfg) -> tuple:
+        """Returns ``(model, inputs, weights path, weights digest)`` for ``cfg``."""
+        key = json.dumps([cfg[k] for k in ("model", "weights", "dataset", "image_size",
+                                            "channels", "data_dir")] + [cfg.shifted.to_dict()],
+                         sort_keys=True)
+        if key not in self.cache:
+            target = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
+                               download=cfg.download)
+            model = experiment.create_model(cfg, target.num_classes)
+            inputs = experiment.load_inputs(cfg, cfg.dataset, model.preprocessing)
+            path = experiment.resolve_weights(cfg)
+            if not path and cfg.pretrain.dataset:
+                # The source model follows the config as written, never a strategy's or a
+                # grid point's optimiser settings.
+                path = pretrain.source_model(self.base_cfg, self.workdir, self.log)
+            self.cache[key] = (model, inputs, path, self._digest(path))
+        return self.cache[key]
+
+
+def append_record(path: str, record: dict) -> None:
+    """Appends ``record`` as one JSON line in a single write, then fsyncs. A torn last line
+    (a process killed mid-write) is closed first, so it cannot swallow this record."""
+    line = (json.dumps(record, default=_json_default) + "\n").encode()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        while line:
+            line = line[os.write(fd, line):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer, np.floating, np.bool_)):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _same_hparams(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def run(cfg, workdir: str, log=print) -> list:
+    """Runs every strategy x grid point x seed of ``cfg`` not finished earlier; appends each
+    record to ``workdir/results.jsonl`` as it finishes and returns the records of this call.
+    """
+    from tljax import report
+    from tljax.report import selection
+
+    experiment.validate(cfg, only=())
+    points = plan(cfg)
+    experiment.enable_compilation_cache()
+    experiment.check_writable(workdir)
+    writer = jax.process_index() == 0  # one writer in a multi-process run
+    results = os.path.join(workdir, "results.jsonl")
+    known = report.read_results(results) if os.path.isfile(results) else []
+    setup = _Setup(cfg, workdir, log)
+    for point in points:  # every batch is checked before anything trains
+        model, inputs, _, _ = setup.get(point.cfg)
+        experiment.check_train_batch(point.cfg, point.strategy, inputs)
+    records = []
+
+    def execute(point: Point, seed: int) -> None:
+        model, inputs, weights_path, digest = setup.get(point.cfg)
+        path = experiment.training_path(point.strategy)
+        settings = run_keys.run_settings(point.cfg.to_dict(), point.strategy, path, digest)
+        identity = {"hparams": point.hparams,
+                    "run_hash": run_keys.run_hash(settings, point.strategy, seed),
+                    "sweep_hash": run_keys.sweep_hash(settings, point.strategy, point.hparams)}
+        label = f"{point.strategy} seed {seed}" + "".join(
+            f" {k}={v}" for k, v in point.hparams.items())
+        done = [r for r in known + records if r.get("status") == "ok"
+                and r.get("run_hash") == identity["run_hash"]]
+        if done:
+            same = [r for r in done if r.get("sweep_hash") == identity["sweep_hash"]
+                    and _same_hparams(r.get("hparams", {}), point.hparams)]
+            if same:
+                log(f"{label}: finished earlier in {workdir}; skipped")
+                return
+            # The same run under another sweep: its record is reused, not rerun.
+            record = {**done[0], **identity, "experiment": point.cfg.experiment,
+                      "reused_from": done[0].get("time")}
+            log(f"{label}: the same run finished earlier under another sweep; reused")
+        else:
+            start = time.time()
+            record = experiment.run_one(point.cfg, model, inputs, weights_path,
+                                        point.strategy, int(seed), workdir, identity, log)
+            record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), tljax=tljax.__version__,
+                          jax=jax.__version__, host=platform.node(),
+                          wall_seconds=round(time.time() - start, 3))
+        if writer:
+            append_record(results, record)
+            if record["status"] == "ok" and record.get("state_dir"):
+                shutil.rmtree(record["state_dir"], ignore_errors=True)  # the run is recorded
+        records.append(record)
+        test = record["metrics"].get("test", {}).get("accuracy", float("nan"))
+        log(f"{label}: test accuracy {test:.3f}, {record['trainable_params']:,}/"
+            f"{record['total_params']:,} trainable, {record.get('train_seconds', 0):.1f}s "
+            f"[{record['status']}]")
+
+    seeds = [int(s) for s in cfg.seeds]
+    for strategy in cfg.strategies:
+        grid = [p for p in points if p.strategy == strategy]
+        n = cfg.select_seeds
+        first = seeds[:n] if len(grid) > 1 and 0 < n < len(seeds) else seeds
+        for point in grid:
+            for seed in first:
+                execute(point, seed)
+        if first == seeds:
+            continue
+        # The rest of the seeds only at the selected point(s), chosen on validation.
+        hashes = set()
+        for point in grid:
+            _, _, _, digest = setup.get(point.cfg)
+            settings = run_keys.run_settings(point.cfg.to_dict(), strategy,
+                                             experiment.training_path(strategy), digest)
+            hashes.add(run_keys.sweep_hash(settings, strategy, point.hparams))
+        # Only this grid's points on the selection seeds: a workdir may hold points of a
+        # wider grid run earlier, which this config no longer offers.
+        offered = {json.dumps(p.hparams, sort_keys=True) for p in grid}
+        pool = [r for r in known + records if r.get("sweep_hash") in hashes
+                and r.get("strategy") == strategy and r.get("seed") in first
+                and json.dumps(r.get("hparams", {}), sort_keys=True) in offered]
+        for chosen in selection.select(pool, cfg.select_metric):
+            point = next(p for p in grid if _same_hparams(p.hparams, chosen.hparams))
+            log(f"{strategy}: selected {chosen.hparams} on validation "
+                f"({cfg.select_metric} {chosen.val_mean:.4f}); running seeds {seeds[n:]}")
+            for seed in seeds[n:]:
+                execute(point, seed)
+    return records
