@@ -204,6 +204,9 @@ def test_kshot_batch_that_cannot_split_exits_2_before_training(tmp_path, capsys)
     (["sweep.lr=[]"], "sweep key 'lr' has no values"),
     (["select_metric=top5"], "unknown select_metric 'top5'; known: accuracy, macro_f1, loss"),
     (["shifted.test=digits:5-9@contrast:2"], "shifted split name 'test' is taken"),
+    (["sweep.fsdp_regex=head"], "sweep key 'fsdp_regex' needs a list of values; got 'head'"),
+    (["per_strategy.full-ft.lr=0.1"], "per_strategy names 'full-ft', which is not in"),
+    (["per_strategy.last_k:1.steps=1e3"], "bad value 1000.0 for per_strategy.last_k:1.steps"),
     (["shifted.noise=digits:5-9@noise:2"], "unknown corruption 'noise'"),
 ])
 def test_bad_sweeps_exit_2_with_one_line(tmp_path, capsys, setting, message):
@@ -244,3 +247,19 @@ def test_the_source_model_key_covers_every_setting_its_training_reads():
                                    "log_every=3", "shots=5"])
     assert pretrain.source_key(same) == key
 
+
+
+def test_a_probe_on_a_retrained_source_model_runs_again(tmp_path):
+    """The probe reads no optimiser setting, but the self-pretrained source it probes does:
+    a new source (here: another pretraining optimiser) must not be mistaken for the old."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = os.path.join(root, "experiments", "lp_vs_ft_self_pretrained.py")
+    workdir = str(tmp_path / "w")
+    fast = ["--set", "pretrain.steps=10", "seeds=[0]", "strategies=[\"linear_probe\"]"]
+    assert _run(cfg, "--workdir", workdir, *fast) == 0
+    assert _run(cfg, "--workdir", workdir, *fast) == 0  # same source: skipped
+    assert len(_records(workdir)) == 1
+    assert _run(cfg, "--workdir", workdir, *fast, "optimizer=sgd") == 0
+    first, second = _records(workdir)
+    assert first["run_hash"] != second["run_hash"]
+    assert len(os.listdir(os.path.join(workdir, "pretrained"))) == 2

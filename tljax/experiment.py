@@ -65,7 +65,11 @@ def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
         if key not in PER_STRATEGY_KEYS:
             raise UserError(f"unknown per_strategy key {key!r} for {strategy!r}; known: "
                             f"{', '.join(PER_STRATEGY_KEYS + ('sweep',))}")
-        run_cfg[key] = value
+        try:
+            run_cfg[key] = value
+        except (TypeError, ValueError, KeyError):
+            raise UserError(f"bad value {value!r} for per_strategy.{strategy}.{key}; "
+                            f"expected {type(cfg[key]).__name__}") from None
     if run_cfg.bn_mode not in BN_MODES:
         raise UserError(f"unknown bn_mode {run_cfg.bn_mode!r}; known: {', '.join(BN_MODES)}")
     return run_cfg

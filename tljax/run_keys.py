@@ -38,17 +38,18 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
 
     ``cfg_dict`` is the run's effective config as a dict; ``path`` its training path
     (``probe``, ``network`` or ``probe+network``); ``weights_digest`` the content digest of
-    its weights ('' for random init or a self-pretrained source, whose own settings are
-    then part of the result).
+    its weights, a self-pretrained source's included ('' for random init).
     """
     drop = set(NON_RESULT_KEYS) | set(IGNORED_BY_PATH[path])
     settings = {k: v for k, v in cfg_dict.items() if k not in drop}
     rules = cfg_dict.get("rules", {})
     if strategy in rules:  # only this strategy's own rule list matters
         settings["rules"] = rules[strategy]
-    if cfg_dict.get("weights"):
+    if weights_digest:
+        # The weights' bytes say everything about them: a file, a pretrained name, or the
+        # self-pretrained source (whose training may read keys this run's path never does).
         settings["weights"] = weights_digest
-        settings.pop("pretrain", None)  # read only when no weights are given
+        settings.pop("pretrain", None)
     elif not cfg_dict.get("pretrain", {}).get("dataset"):
         settings.pop("pretrain", None)
     if not settings.get("shifted"):

@@ -51,8 +51,12 @@ def strategy_grid(cfg, strategy: str) -> dict:
     strategy fixes or never reads, plus its own ``per_strategy`` sweep)."""
     own = cfg.per_strategy.get(strategy, ml_collections.ConfigDict())
     fixed = [k for k in own.keys() if k != "sweep"]
-    grid = {k: list(v) for k, v in cfg.sweep.items() if k not in fixed}
     own_sweep = own.get("sweep", {})
+    for key, values in [*cfg.sweep.items(), *own_sweep.items()]:
+        if not isinstance(values, (list, tuple)):  # "head" would sweep 'h', 'e', 'a', 'd'
+            raise UserError(f"sweep key {key!r} needs a list of values; got {values!r}, "
+                            f"e.g. [{values!r}]")
+    grid = {k: list(v) for k, v in cfg.sweep.items() if k not in fixed}
     both = sorted(set(fixed) & set(own_sweep.keys()))
     if both:
         raise UserError(f"per_strategy.{strategy} both fixes and sweeps {both[0]!r}; "
@@ -65,6 +69,10 @@ def strategy_grid(cfg, strategy: str) -> dict:
             raise UserError(f"unknown sweep key {key!r}; known: {', '.join(sorted(known))}")
         if not values:
             raise UserError(f"sweep key {key!r} has no values; give a list, e.g. [1e-4, 1e-3]")
+        if key in ("model", "image_size", "channels") and cfg.pretrain.dataset:
+            raise UserError(f"sweep key {key!r} changes the architecture, but the "
+                            "self-pretrained source (pretrain.dataset) has one; sweep it "
+                            "in separate configs")
     ignored = run_keys.IGNORED_BY_PATH[experiment.training_path(strategy)]
     return {k: v for k, v in grid.items() if k not in ignored}
 
@@ -75,7 +83,7 @@ def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.Config
     eff = copy.deepcopy(cfg)
     for key, value in cfg.per_strategy.get(strategy, {}).items():
         if key != "sweep":
-            experiment.strategy_config(cfg, strategy)  # names an unknown per-strategy key
+            experiment.strategy_config(cfg, strategy)  # names a bad per-strategy key/value
             eff[key] = value
     for key, value in hparams.items():
         try:
@@ -90,6 +98,10 @@ def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.Config
 
 def plan(cfg) -> list:
     """Returns every grid ``Point`` of every strategy, in run order (validated)."""
+    stray = [name for name in cfg.per_strategy.keys() if name not in cfg.strategies]
+    if stray:  # a misspelt name would leave its strategy untuned without a word
+        raise UserError(f"per_strategy names {stray[0]!r}, which is not in strategies; "
+                        f"strategies: {', '.join(cfg.strategies)}")
     points = []
     for strategy in cfg.strategies:
         grid = strategy_grid(cfg, strategy)
@@ -253,7 +265,11 @@ def run(cfg, workdir: str, log=print) -> list:
         pool = [r for r in known + records if r.get("sweep_hash") in hashes
                 and r.get("strategy") == strategy and r.get("seed") in first
                 and json.dumps(r.get("hparams", {}), sort_keys=True) in offered]
-        for chosen in selection.select(pool, cfg.select_metric):
+        chosen_points = selection.select(pool, cfg.select_metric)
+        if not chosen_points:
+            log(f"{strategy}: no grid point finished with a finite validation "
+                f"{cfg.select_metric} on seeds {first}; seeds {seeds[n:]} not run")
+        for chosen in chosen_points:
             point = next(p for p in grid if _same_hparams(p.hparams, chosen.hparams))
             log(f"{strategy}: selected {chosen.hparams} on validation "
                 f"({cfg.select_metric} {chosen.val_mean:.4f}); running seeds {seeds[n:]}")
