@@ -64,7 +64,7 @@ def cached_probe(cfg, num_classes, model, variables, splits) -> dict:
 
 
 def through_network(cfg, model, variables, splits, patience: int, max_epochs: int,
-                    early_stop: bool = False) -> dict:
+                    early_stop: bool = False, lr: float = 1e-2) -> dict:
     """Returns test accuracy and seconds of the head trained through the frozen network.
 
     ``early_stop`` ends at a training-loss plateau instead of the schedule's end.
@@ -73,8 +73,7 @@ def through_network(cfg, model, variables, splits, patience: int, max_epochs: in
     rules = strategies.labels("linear_probe_sgd", variables["params"], model.blocks)
     x, y = splits["train"]
     steps_per_epoch = len(y) // cfg.batch_size
-    run_cfg = config.transfer(lr=cfg.per_strategy.get("linear_probe_sgd", {}).get("lr", cfg.lr),
-                              steps=steps_per_epoch * max_epochs, warmup_steps=0)
+    run_cfg = config.transfer(lr=lr, steps=steps_per_epoch * max_epochs, warmup_steps=0)
     tx = optim.make(run_cfg, rules)
     step = train.make_step(model.module, rules, tx, model.block_names)
     state = train.init_state(variables, tx)
@@ -104,6 +103,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default=os.path.join(ROOT, "experiments", "lp_vs_ft.py"))
     parser.add_argument("--patience", type=int, default=5)
     parser.add_argument("--max-epochs", type=int, default=90)
+    # The head alone wants a larger step than the network; 1e-2 is what the README's figures
+    # used (chosen by hand before sweeps existed; the benchmark measures cost, not tuning).
+    parser.add_argument("--lr", type=float, default=1e-2, help="Adam LR of the SGD-trained head")
     parser.add_argument("--early-stop", action="store_true",
                         help="stop the through-network head at a training-loss plateau")
     parser.add_argument("--set", nargs="+", metavar="KEY=VALUE",
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     num_classes, model, variables, splits = _setup(cfg)
     cached = cached_probe(cfg, num_classes, model, variables, splits)
     network = through_network(cfg, model, variables, splits, args.patience, args.max_epochs,
-                              args.early_stop)
+                              args.early_stop, args.lr)
     result = {"speedup": network["seconds"] / cached["seconds"], "cached": cached,
               "through_network": network, "model": cfg.model, "dataset": cfg.dataset,
               "image_size": cfg.image_size, "devices": jax.device_count(),

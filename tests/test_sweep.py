@@ -205,7 +205,6 @@ def test_kshot_batch_that_cannot_split_exits_2_before_training(tmp_path, capsys)
     (["select_metric=top5"], "unknown select_metric 'top5'; known: accuracy, macro_f1, loss"),
     (["shifted.test=digits:5-9@contrast:2"], "shifted split name 'test' is taken"),
     (["sweep.fsdp_regex=head"], "sweep key 'fsdp_regex' needs a list of values; got 'head'"),
-    (["per_strategy.full-ft.lr=0.1"], "per_strategy names 'full-ft', which is not in"),
     (["per_strategy.last_k:1.steps=1e3"], "bad value 1000.0 for per_strategy.last_k:1.steps"),
     (["shifted.noise=digits:5-9@noise:2"], "unknown corruption 'noise'"),
 ])
@@ -263,3 +262,11 @@ def test_a_probe_on_a_retrained_source_model_runs_again(tmp_path):
     first, second = _records(workdir)
     assert first["run_hash"] != second["run_hash"]
     assert len(os.listdir(os.path.join(workdir, "pretrained"))) == 2
+
+
+def test_per_strategy_settings_for_a_strategy_not_run_are_named(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert _run(cfg, "--workdir", str(tmp_path / "w"), "--set", "seeds=[0]",
+                "strategies=[\"linear_probe\"]", "per_strategy.full-ft.lr=0.1") == 0
+    assert ("warning: per_strategy names 'full-ft', which is not in strategies"
+            in capsys.readouterr().err)

@@ -98,10 +98,6 @@ def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.Config
 
 def plan(cfg) -> list:
     """Returns every grid ``Point`` of every strategy, in run order (validated)."""
-    stray = [name for name in cfg.per_strategy.keys() if name not in cfg.strategies]
-    if stray:  # a misspelt name would leave its strategy untuned without a word
-        raise UserError(f"per_strategy names {stray[0]!r}, which is not in strategies; "
-                        f"strategies: {', '.join(cfg.strategies)}")
     points = []
     for strategy in cfg.strategies:
         grid = strategy_grid(cfg, strategy)
@@ -193,6 +189,10 @@ def run(cfg, workdir: str, log=print) -> list:
 
     experiment.validate(cfg, only=())
     points = plan(cfg)
+    for name in cfg.per_strategy.keys():  # a misspelt name would leave a strategy untuned
+        if name not in cfg.strategies:
+            log(f"warning: per_strategy names {name!r}, which is not in strategies "
+                f"({', '.join(cfg.strategies)}); its settings are not used")
     experiment.enable_compilation_cache()
     experiment.check_writable(workdir)
     writer = jax.process_index() == 0  # one writer in a multi-process run
