@@ -304,9 +304,3 @@ def enable_compilation_cache() -> None:
                           os.path.expanduser("~/.cache/tljax/jax_compilation_cache"))
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer, np.floating)):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -30,6 +30,7 @@ import numpy as np
 import tljax
 from tljax import data, experiment, pretrain, run_keys
 from tljax.errors import UserError
+from tljax.report.records import hparams_key
 
 # Keys that describe the sweep itself, or that no single run can take another value of.
 NOT_SWEEPABLE = ("experiment", "strategies", "seeds", "sweep", "per_strategy", "select_seeds",
@@ -44,6 +45,8 @@ class Point:
     strategy: str
     hparams: dict
     cfg: ml_collections.ConfigDict
+    settings: dict = None  # its result-affecting settings (run_keys.run_settings), once known
+    sweep_hash: str = ""
 
 
 def strategy_grid(cfg, strategy: str) -> dict:
@@ -81,9 +84,9 @@ def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.Config
     """Returns a copy of ``cfg`` as ``strategy`` runs it at ``hparams``: its per-strategy
     settings and the swept values applied, ``per_strategy`` and ``sweep`` emptied."""
     eff = copy.deepcopy(cfg)
+    experiment.strategy_config(cfg, strategy)  # names a bad per-strategy key or value
     for key, value in cfg.per_strategy.get(strategy, {}).items():
         if key != "sweep":
-            experiment.strategy_config(cfg, strategy)  # names a bad per-strategy key/value
             eff[key] = value
     for key, value in hparams.items():
         try:
@@ -176,10 +179,6 @@ def _json_default(obj):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _same_hparams(a: dict, b: dict) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
 def run(cfg, workdir: str, log=print) -> list:
     """Runs every strategy x grid point x seed of ``cfg`` not finished earlier; appends each
     record to ``workdir/results.jsonl`` as it finishes and returns the records of this call.
@@ -200,24 +199,25 @@ def run(cfg, workdir: str, log=print) -> list:
     known = report.read_results(results) if os.path.isfile(results) else []
     setup = _Setup(cfg, workdir, log)
     for point in points:  # every batch is checked before anything trains
-        model, inputs, _, _ = setup.get(point.cfg)
+        model, inputs, _, digest = setup.get(point.cfg)
         experiment.check_train_batch(point.cfg, point.strategy, inputs)
+        point.settings = run_keys.run_settings(point.cfg.to_dict(), point.strategy,
+                                               experiment.training_path(point.strategy), digest)
+        point.sweep_hash = run_keys.sweep_hash(point.settings, point.strategy, point.hparams)
     records = []
 
     def execute(point: Point, seed: int) -> None:
-        model, inputs, weights_path, digest = setup.get(point.cfg)
-        path = experiment.training_path(point.strategy)
-        settings = run_keys.run_settings(point.cfg.to_dict(), point.strategy, path, digest)
+        model, inputs, weights_path, _ = setup.get(point.cfg)
         identity = {"hparams": point.hparams,
-                    "run_hash": run_keys.run_hash(settings, point.strategy, seed),
-                    "sweep_hash": run_keys.sweep_hash(settings, point.strategy, point.hparams)}
+                    "run_hash": run_keys.run_hash(point.settings, point.strategy, seed),
+                    "sweep_hash": point.sweep_hash}
         label = f"{point.strategy} seed {seed}" + "".join(
             f" {k}={v}" for k, v in point.hparams.items())
         done = [r for r in known + records if r.get("status") == "ok"
                 and r.get("run_hash") == identity["run_hash"]]
         if done:
             same = [r for r in done if r.get("sweep_hash") == identity["sweep_hash"]
-                    and _same_hparams(r.get("hparams", {}), point.hparams)]
+                    and hparams_key(r.get("hparams")) == hparams_key(point.hparams)]
             if same:
                 log(f"{label}: finished earlier in {workdir}; skipped")
                 return
@@ -253,24 +253,19 @@ def run(cfg, workdir: str, log=print) -> list:
         if first == seeds:
             continue
         # The rest of the seeds only at the selected point(s), chosen on validation.
-        hashes = set()
-        for point in grid:
-            _, _, _, digest = setup.get(point.cfg)
-            settings = run_keys.run_settings(point.cfg.to_dict(), strategy,
-                                             experiment.training_path(strategy), digest)
-            hashes.add(run_keys.sweep_hash(settings, strategy, point.hparams))
+        hashes = {p.sweep_hash for p in grid}
         # Only this grid's points on the selection seeds: a workdir may hold points of a
         # wider grid run earlier, which this config no longer offers.
-        offered = {json.dumps(p.hparams, sort_keys=True) for p in grid}
+        offered = {hparams_key(p.hparams): p for p in grid}
         pool = [r for r in known + records if r.get("sweep_hash") in hashes
                 and r.get("strategy") == strategy and r.get("seed") in first
-                and json.dumps(r.get("hparams", {}), sort_keys=True) in offered]
+                and hparams_key(r.get("hparams")) in offered]
         chosen_points = selection.select(pool, cfg.select_metric)
         if not chosen_points:
             log(f"{strategy}: no grid point finished with a finite validation "
                 f"{cfg.select_metric} on seeds {first}; seeds {seeds[n:]} not run")
         for chosen in chosen_points:
-            point = next(p for p in grid if _same_hparams(p.hparams, chosen.hparams))
+            point = offered[hparams_key(chosen.hparams)]
             log(f"{strategy}: selected {chosen.hparams} on validation "
                 f"({cfg.select_metric} {chosen.val_mean:.4f}); running seeds {seeds[n:]}")
             for seed in seeds[n:]:
