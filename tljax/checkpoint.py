@@ -1,18 +1,26 @@
-"""Orbax checkpoints of a model's variables."""
+"""Orbax checkpoints of a model's variables, and of a run's train state for resume."""
 
 import os
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from tljax import parallel
 
 
 def save_variables(path: str, variables: dict) -> str:
     """Writes ``variables`` (``params``, ``batch_stats``) to ``path``; returns the absolute path.
 
-    ``orbax.checkpoint.StandardCheckpointer().restore(path)`` returns the same tree.
+    ``orbax.checkpoint.StandardCheckpointer().restore(path)`` returns the same tree. In a
+    multi-process run every process calls it with the same values and process 0 writes.
     """
     path = os.path.abspath(path)
     tree = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    if jax.process_count() > 1:
+        # Every process calls this (orbax synchronises them); with host values process 0
+        # alone writes them. A one-device array would be taken for a shard of each process.
+        tree = parallel.to_host(tree)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path, tree, force=True)
         ckptr.wait_until_finished()
@@ -37,6 +45,10 @@ class RunCheckpoints:
     step) under ``directory``, through orbax's CheckpointManager: the newest two are kept;
     a half-written one (a run killed mid-save) is never listed, and an unreadable one is
     skipped, with a warning, for the one before it.
+
+    In a multi-process run every process creates, saves, restores and closes it alike
+    (orbax synchronises them); a state of global arrays is written shard by shard by the
+    processes that hold them, and restored onto the shardings of ``like``.
     """
 
     def __init__(self, directory: str, max_to_keep: int = 2):
@@ -54,10 +66,9 @@ class RunCheckpoints:
     def restore_latest(self, like, warn=print) -> tuple:
         """Returns ``(step, state)`` of the newest readable checkpoint, ``(0, None)`` if none.
 
-        ``like`` is a state of the same structure (shapes and dtypes are taken from it).
+        ``like`` is a state of the same structure (shapes, dtypes and shardings are taken
+        from it).
         """
-        import jax
-
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:

@@ -6,6 +6,7 @@ network) and calls them in order on one ``Run``.
 """
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -30,7 +31,7 @@ class Run:
     cfg: object            # the run's effective config (per-strategy settings applied)
     run_cfg: object        # its optimisation settings (``experiment.strategy_config``)
     model: object          # models.Model
-    inputs: object         # experiment.Inputs
+    inputs: object         # loading.Inputs
     variables: dict        # starting variables; a stage replaces them with its result
     rules: dict            # strategies.Rule per param
     frozen: tuple          # blocks whose BatchNorm runs on running statistics
@@ -84,13 +85,44 @@ def fit_probe(run: Run) -> None:
     run.seconds += extract_seconds + result.seconds
 
 
-def _parallel_step(cfg, model, rules, tx, frozen, state) -> tuple:
-    """Returns ``(step(state, x, y), placed state, unplace)`` for ``cfg.parallel``.
+@dataclasses.dataclass
+class _Route:
+    """How a state is placed, stepped, checkpointed and read back for ``cfg.parallel``."""
 
-    ``unplace`` turns a placed state back into one host-side copy (for checkpoints).
-    """
+    step: object        # (placed state, images, labels) -> (placed state, metrics)
+    place: object       # host state -> placed state
+    saved: object       # placed state -> the tree a checkpoint holds
+    like: object        # (placed, host) state -> the restore target of a checkpoint
+    restored: object    # a restored checkpoint tree -> placed state
+    batches: object     # (x, y, batch_size, seed, skip) -> iterator of step inputs
+    to_host: object     # placed state -> numpy state, whole on every process
+    predict: object     # (placed state, inputs, batch_size) -> numpy logits
+    post_update_loss: object  # (placed state, images, labels) -> inference-mode loss
+
+
+def _process_batches(mesh, x, y, batch_size: int, seed: int, skip: int):
+    """Yields global ``(images, labels)`` arrays split over ``mesh``, in the order of
+    ``data.batches`` with the same seed; this process indexes (loads) only its own rows
+    of each global batch."""
+    rows = parallel.process_rows(mesh, batch_size)
+    # A streamed x reads (and preprocesses) these rows ahead on worker threads.
+    for images, labels in data.batches(x, y, batch_size, seed, skip=skip, rows=rows):
+        yield parallel.global_batch(mesh, batch_size, images, labels)
+
+
+@functools.lru_cache(maxsize=16)
+def _predict_on(module, mesh):
+    return parallel.replicated_jit(
+        lambda variables, batch: module.apply(variables, batch, train=False), mesh)
+
+
+def _route(cfg, model, rules, tx, frozen) -> _Route:
+    """Returns the ``_Route`` of ``cfg.parallel``: the mesh (any number of processes;
+    train-state checkpoints hold the placed, possibly FSDP-split, arrays, each process
+    writing its own shards) or pmap (one process; checkpoints hold one device's copy)."""
     n = jax.device_count()
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
+    loss = train.make_eval_loss(model.module)
     if cfg.parallel == "pmap":
         pstep = parallel.pmap_step(train.make_step(
             model.module, rules, tx, frozen, dtype, cfg.accum_steps, axis_name="data",
@@ -100,54 +132,67 @@ def _parallel_step(cfg, model, rules, tx, frozen, state) -> tuple:
             st, metrics = pstep(st, *parallel.split_batch(n, x, y))
             return st, jax.tree.map(lambda m: m[0], metrics)
 
-        return step, parallel.replicate(state, n), parallel.unreplicate
+        predict = train.make_predict(model.module)
+        host = lambda st: jax.device_get(parallel.unreplicate(st))  # noqa: E731
+
+        def predict_all(st, xs, b):
+            variables = _variables(host(st))
+            return train.predict_batched(lambda batch: predict(variables, batch), xs, b)
+
+        return _Route(
+            step, lambda st: parallel.replicate(st, n), parallel.unreplicate,
+            lambda placed, state: state, lambda st: parallel.replicate(st, n),
+            lambda x, y, b, seed, skip: data.batches(x, y, b, seed, skip=skip), host,
+            predict_all, lambda st, x, y: loss(parallel.unreplicate(st), x, y))
     mesh = parallel.make_mesh(n)
     jstep = train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps)
-    placed = parallel.place_state(mesh, state, cfg.fsdp_regex)
-    return (lambda st, x, y: jstep(st, *parallel.shard_batch(mesh, x, y)), placed,
-            lambda st: jax.device_get(st))
+    same = lambda st: st  # noqa: E731
+    return _Route(
+        jstep, lambda st: parallel.place_state(mesh, st, cfg.fsdp_regex), same,
+        lambda placed, state: placed, same,
+        lambda x, y, b, seed, skip: _process_batches(mesh, x, y, b, seed, skip),
+        parallel.to_host,
+        lambda st, xs, b: parallel.map_batches(_predict_on(model.module, mesh), mesh,
+                                               _variables(st), xs, b),
+        loss)
 
 
-def _post_update_loss(cfg, model):
-    """Returns ``loss(state, x, y)`` of the placed state in inference mode (for ``train.fit``)."""
-    loss = train.make_eval_loss(model.module)
-    if cfg.parallel == "pmap":
-        return lambda st, x, y: loss(parallel.unreplicate(st), x, y)
-    return loss
+def _variables(state) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def fit_network(run: Run) -> None:
     """Trains the strategy's trainable params through the network for ``steps`` steps,
     resuming from the newest checkpoint in ``run.state_dir``; sets ``run.variables`` to
     the result and every split's logits. Raises ``FloatingPointError`` (the last good
-    checkpoint kept) when the loss or params become non-finite."""
+    checkpoint kept) when the loss or params become non-finite. Every process of a
+    multi-process run calls it; each loads only its rows of every batch."""
     cfg, run_cfg = run.cfg, run.run_cfg
     tx = optim.make(run_cfg, run.rules)
     x, y = _train_subset(run)
+    route = _route(cfg, run.model, run.rules, tx, run.frozen)
     ckpts = checkpoint.RunCheckpoints(run.state_dir)
     try:
-        state = train.init_state(run.variables, tx)
-        start_step, restored = ckpts.restore_latest(state, warn=run.log)
+        host_state = train.init_state(run.variables, tx)
+        state = route.place(host_state)
+        start_step, restored = ckpts.restore_latest(route.like(state, host_state),
+                                                    warn=run.log)
         if restored is not None:
-            state = restored
+            state = route.restored(restored)
             run.log(f"resuming from the checkpoint at step {start_step}")
             run.record["resumed_from_step"] = start_step
-        step, state, unplace = _parallel_step(cfg, run.model, run.rules, tx, run.frozen, state)
+        del host_state, restored
         state, history, seconds = train.fit(
-            step, state, data.batches(x, y, min(run_cfg.batch_size, len(y)), run.seed,
-                                      skip=start_step),
+            route.step, state,
+            route.batches(x, y, min(run_cfg.batch_size, len(y)), run.seed, start_step),
             run_cfg.steps, desc=f"seed {run.seed}", log_every=cfg.log_every,
-            start_step=start_step, checkpoint=lambda st, i: ckpts.save(unplace(st), i),
-            checkpoint_every=cfg.checkpoint_every,
-            post_update_loss=_post_update_loss(cfg, run.model))
+            start_step=start_step, checkpoint=lambda st, i: ckpts.save(route.saved(st), i),
+            checkpoint_every=cfg.checkpoint_every, post_update_loss=route.post_update_loss)
     finally:
         ckpts.close()
-    state = unplace(state)
-    run.variables = {"params": state.params, "batch_stats": state.batch_stats}
-    predict = train.make_predict(run.model.module)
-    run.logits = {name: train.predict_batched(lambda b: predict(run.variables, b), xs,
-                                              cfg.eval_batch_size)
+    run.logits = {name: route.predict(state, xs, cfg.eval_batch_size)
                   for name, (xs, _) in run.inputs.splits.items()}
+    run.variables = _variables(route.to_host(state))
     run.record.update(steps=run_cfg.steps, history=history)
     run.seconds += seconds
 

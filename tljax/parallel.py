@@ -1,12 +1,20 @@
-"""Data parallelism: a device mesh with NamedSharding (default) or pmap (legacy).
+"""Data parallelism: a device mesh with NamedSharding (default) or pmap (legacy), on one
+or several processes.
 
-Mesh: the batch is split over the ``data`` axis of a 1-D mesh of all local devices
-(global devices after ``jax.distributed.initialize()`` on several hosts), params and
-optimizer state are replicated, or, for params whose path matches ``fsdp_regex``, split
-along their largest divisible dimension (FSDP-style); jit inserts the collectives. The
-mesh uses Auto axes so sharding propagates through the step unannotated.
+Mesh: the batch is split over the ``data`` axis of a 1-D mesh of all devices (every
+process's, after ``initialize_multihost``), params and optimizer state are replicated, or,
+for params whose path matches ``fsdp_regex``, split along their largest divisible
+dimension (FSDP-style); jit inserts the collectives. The mesh uses Auto axes so sharding
+propagates through the step unannotated.
+
+Several processes: each loads only its rows of every global batch (``process_rows``) and
+the global array is assembled from the pieces (``global_batch``); results come back to
+every process whole (``to_host``, ``map_batches``), and process 0 alone writes files
+(``is_writer``). pmap maps over one process's devices, so it is refused there.
 """
 
+import functools
+import os
 import re
 
 import jax
@@ -19,10 +27,74 @@ from tljax.errors import UserError, unknown
 MODES = ("mesh", "pmap")
 
 
-def initialize_multihost() -> None:
-    """Joins a multi-host run (JAX's own runtime: coordinator address, process count and
-    id from the environment or the cluster, e.g. SLURM, Cloud TPU)."""
-    jax.distributed.initialize()
+ENV_KEYS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+
+
+def initialize_multihost(environ=None) -> None:
+    """Joins a multi-process run through ``jax.distributed.initialize``; returns nothing.
+
+    With ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` in ``environ`` (default
+    ``os.environ``), all three of ``ENV_KEYS`` are read and passed on: JAX itself reads
+    only the coordinator address outside a cluster it detects. Without them JAX detects
+    the cluster (SLURM, Cloud TPU, MPI, Kubernetes). Raises ``UserError`` for a missing or
+    malformed variable, or when no cluster is found.
+    """
+    env = os.environ if environ is None else environ
+    # CPU devices of different processes talk through gloo; GPU and TPU collectives are
+    # not affected by this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    address, count, index = (env.get(k, "").strip() for k in ENV_KEYS)
+    if not count and not index:
+        try:
+            jax.distributed.initialize()
+        except ValueError as e:  # nothing detected: JAX says what it missed
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"--distributed found no cluster ({first}); set "
+                            f"{', '.join(ENV_KEYS)}, run under SLURM or on a Cloud TPU VM, "
+                            "or try it on one machine with `tljax launch`") from None
+        return
+    missing = [k for k, v in zip(ENV_KEYS, (address, count, index)) if not v]
+    if missing:
+        raise UserError(f"--distributed needs {', '.join(ENV_KEYS)} together; "
+                        f"{', '.join(missing)} not set")
+    try:
+        num_processes, process_id = int(count), int(index)
+    except ValueError:
+        raise UserError(f"JAX_NUM_PROCESSES {count!r} and JAX_PROCESS_ID {index!r} must be "
+                        "integers") from None
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise UserError(f"JAX_PROCESS_ID {process_id} is not in 0..{num_processes - 1} "
+                        f"(JAX_NUM_PROCESSES {num_processes})")
+    jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
+
+
+def is_writer() -> bool:
+    """Returns True in the one process that writes files (process 0)."""
+    return jax.process_index() == 0
+
+
+def process_prefix() -> str:
+    """Returns ``"[p1/2] "`` (this process of how many) in a multi-process run, else ''."""
+    n = jax.process_count()
+    return f"[p{jax.process_index()}/{n}] " if n > 1 else ""
+
+
+def barrier(name: str) -> None:
+    """Waits until every process has reached ``name`` (no-op with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def from_writer(value):
+    """Returns process 0's ``value`` (a pytree of arrays of the same shapes on every
+    process) on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.broadcast_one_to_all(value)
 
 
 def make_mesh(num_devices: int | None = None):
@@ -38,10 +110,41 @@ def check_batch(batch_size: int, num_devices: int) -> None:
                         f"use a multiple of {num_devices}")
 
 
-def shard_batch(mesh, *arrays):
-    """Returns the arrays placed on ``mesh`` split along their first (batch) axis."""
+def process_rows(mesh, size: int) -> np.ndarray:
+    """Returns the positions (ascending) in a global batch of ``size`` rows split over
+    ``mesh`` that this process's devices hold: the rows it loads, in the order
+    ``global_batch`` takes them. All rows with one process."""
+    spans = sorted({(s[0].start or 0, size if s[0].stop is None else s[0].stop) for s in
+                    NamedSharding(mesh, P("data")).addressable_devices_indices_map(
+                        (size,)).values()})
+    return np.concatenate([np.arange(a, b) for a, b in spans])
+
+
+def global_batch(mesh, size: int, *local_arrays) -> tuple:
+    """Returns global arrays of ``size`` rows split over ``mesh`` along their first axis,
+    built from this process's rows of each (``local_arrays``, rows ``process_rows``)."""
     sharding = NamedSharding(mesh, P("data"))
-    return tuple(jax.device_put(a, sharding) for a in arrays)
+    return tuple(jax.make_array_from_process_local_data(
+        sharding, np.asarray(a), (size,) + np.shape(a)[1:]) for a in local_arrays)
+
+
+def shard_batch(mesh, *arrays):
+    """Returns the arrays placed on ``mesh`` split along their first (batch) axis; each
+    process passes the whole batch and contributes its own rows."""
+    rows = process_rows(mesh, len(arrays[0]))
+    return global_batch(mesh, len(arrays[0]), *(np.asarray(a)[rows] for a in arrays))
+
+
+def _place(host, sharding):
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def replicate_on(mesh, tree):
+    """Returns ``tree`` (host values, the same on every process) replicated on every
+    device of ``mesh``."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: _place(x, sharding), tree)
 
 
 def place_state(mesh, state, fsdp_regex: str = ""):
@@ -64,7 +167,60 @@ def place_state(mesh, state, fsdp_regex: str = ""):
         return NamedSharding(mesh, P(*axes))
 
     shardings = jax.tree_util.tree_map_with_path(spec, state)
-    return jax.device_put(state, shardings)
+    # From host values every process holds alike, each process fills its own devices
+    # (device_put cannot address another process's devices).
+    return jax.tree.map(_place, state, shardings)
+
+
+def to_host(tree):
+    """Returns ``tree`` as numpy arrays, whole on every process: replicated leaves are read
+    from a local copy, leaves split across processes (FSDP) are gathered."""
+    def get(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(get, tree)
+
+
+@functools.lru_cache(maxsize=64)
+def replicated_jit(fn, mesh):
+    """Returns ``jax.jit(fn)`` whose outputs are replicated on every device of ``mesh``
+    (so every process can read them whole), memoised on ``(fn, mesh)``."""
+    return jax.jit(fn, out_shardings=NamedSharding(mesh, P()))
+
+
+def map_batches(fn, mesh, args, inputs, batch_size: int) -> np.ndarray:
+    """Returns ``fn(args, batch)`` over ``inputs`` in order, concatenated as numpy on every
+    process (``fn`` from ``replicated_jit``).
+
+    Each batch has ``batch_size`` rows rounded up to a multiple of the device count (the
+    last one padded with copies of the final row, whose outputs are dropped) and is split
+    over ``mesh``; each process loads only its rows of it (``inputs[indices]``).
+    """
+    if len(inputs) == 0:
+        raise ValueError("cannot evaluate on an empty split")
+    return np.concatenate([out for _, out in batch_outputs(fn, mesh, args, inputs, batch_size)])
+
+
+def batch_outputs(fn, mesh, args, inputs, batch_size: int):
+    """Yields ``(start, fn(args, inputs[start:start + k]))`` as numpy, batch by batch, as
+    ``map_batches`` computes them (for writing results out as they come). A streamed
+    array (``tljax.data.streaming``) reads its batches ahead on worker threads."""
+    n = len(inputs)
+    devices = mesh.devices.size
+    size = -(-batch_size // devices) * devices
+    rows = process_rows(mesh, size)
+    starts = range(0, n, size)
+    picks = [np.minimum(np.arange(start, start + size), n - 1)[rows] for start in starts]
+    loaded = inputs.gather(picks) if hasattr(inputs, "gather") else (inputs[p] for p in picks)
+    for start, local in zip(starts, loaded):
+        (batch,) = global_batch(mesh, size, local)
+        yield start, np.asarray(fn(args, batch).addressable_data(0))[:n - start]
 
 
 def pmap_step(step_fn, num_devices: int):
@@ -96,11 +252,17 @@ def split_batch(num_devices: int, *arrays):
 
 
 def check_mode(mode: str) -> None:
-    """Raises ``UserError`` for an unknown parallel mode."""
+    """Raises ``UserError`` for an unknown parallel mode, and for pmap in a multi-process
+    run (it maps over one process's devices only)."""
     if mode not in MODES:
         raise unknown("parallel mode", mode, MODES)
+    if mode == "pmap" and jax.process_count() > 1:
+        raise UserError(f"parallel='pmap' runs in one process only; this run has "
+                        f"{jax.process_count()} processes: use parallel='mesh' (the default)")
 
 
-__all__ = ["MODES", "check_batch", "check_mode", "initialize_multihost", "make_mesh",
-           "place_state", "pmap_step", "replicate", "shard_batch", "split_batch",
+__all__ = ["ENV_KEYS", "MODES", "barrier", "check_batch", "check_mode", "from_writer",
+           "global_batch", "initialize_multihost", "is_writer", "make_mesh", "map_batches",
+           "place_state", "pmap_step", "process_prefix", "process_rows", "replicate",
+           "replicate_on", "replicated_jit", "shard_batch", "split_batch", "to_host",
            "unreplicate"]

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tljax import parallel
 from tljax.errors import unknown
-from tljax.train import classification_metrics, predict_batched
+from tljax.train import classification_metrics
 
 SOLVERS = ("lbfgs", "ridge", "adam")
 L2_GRID = tuple(float(x) for x in np.logspace(-6, 5, 12))
@@ -48,17 +49,74 @@ def default_cache_dir() -> str:
     return os.environ.get("TLJAX_FEATURE_CACHE", os.path.expanduser("~/.cache/tljax/features"))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _features(module, variables, batch):
-    # The module is static and the variables an argument: one compilation serves every
-    # split and call with the same batch shape.
-    return module.apply(variables, batch, train=False, method="features")
+@functools.lru_cache(maxsize=16)
+def _features_on(module, mesh):
+    # One jitted function per (module, mesh), the variables an argument: one compilation
+    # serves every split and call with the same batch shape.
+    return parallel.replicated_jit(
+        lambda variables, batch: module.apply(variables, batch, train=False,
+                                              method="features"), mesh)
 
 
 def _forward(module, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
-    """Returns the backbone features of ``inputs``, jit-compiled, in inference mode."""
-    return predict_batched(lambda batch: _features(module, variables, batch), inputs,
-                           batch_size).astype(np.float32)
+    """Returns the backbone features of ``inputs`` in inference mode, whole on every
+    process: each batch is split over the devices of every process, and each process
+    loads only its rows."""
+    mesh = parallel.make_mesh()
+    return parallel.map_batches(_features_on(module, mesh), mesh,
+                                parallel.replicate_on(mesh, variables), inputs,
+                                batch_size).astype(np.float32)
+
+
+def _forward_to_file(module, variables, inputs, batch_size: int, path: str) -> np.ndarray:
+    """Returns the features of streamed ``inputs``, written batch by batch into an .npy
+    memmap beside ``path`` (by process 0; '' for none) and renamed to ``path`` at the end,
+    so neither the inputs nor a second copy of the features is ever whole in memory."""
+    mesh = parallel.make_mesh()
+    out, tmp = None, ""
+    try:
+        for start, batch in parallel.batch_outputs(_features_on(module, mesh), mesh,
+                                                   parallel.replicate_on(mesh, variables),
+                                                   inputs, batch_size):
+            if out is None:
+                shape = (len(inputs),) + batch.shape[1:]
+                if path and parallel.is_writer():
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    tmp = f"{path}.{os.getpid()}.tmp.npy"
+                    out = np.lib.format.open_memmap(tmp, "w+", np.float32, shape)
+                else:
+                    out = np.empty(shape, np.float32)
+            out[start:start + len(batch)] = batch
+    except BaseException:
+        if tmp and os.path.exists(tmp):  # an interrupted extraction leaves nothing behind
+            os.remove(tmp)
+        raise
+    if not tmp:
+        return out
+    out.flush()
+    del out
+    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    return np.load(path)
+
+
+def _cache_hit(path: str) -> bool:
+    """Returns whether process 0 has ``path``: every process takes its answer, so they all
+    take the same branch (the forward pass is a collective)."""
+    have = bool(path) and parallel.is_writer() and os.path.isfile(path)
+    return bool(parallel.from_writer(np.int32(have)))
+
+
+def _read_cached(path: str) -> np.ndarray:
+    """Returns the cached features at ``path`` as process 0 reads them, on every process
+    (caches are per host: the others need not have the file)."""
+    if jax.process_count() == 1:
+        return np.load(path)
+    features = np.load(path) if parallel.is_writer() else None
+    shape = parallel.from_writer(np.asarray(features.shape if features is not None
+                                            else (0, 0), np.int64))
+    if features is None:
+        features = np.zeros(tuple(int(d) for d in shape), np.float32)
+    return np.asarray(parallel.from_writer(features), np.float32)
 
 
 def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: int = 256,
@@ -68,18 +126,25 @@ def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: in
     The cache key hashes ``key`` (model name, dataset, split), the backbone variables and
     the model inputs themselves, so a change of weights, preprocessing or data makes a new
     entry; the same request from any run or process reads the file and runs no forward
-    pass. ``cache_dir`` '' disables the cache.
+    pass. ``cache_dir`` '' disables the cache. In a multi-process run the forward pass is
+    split over every process's devices, process 0's cache decides and process 0 alone
+    writes it; every process returns the whole features.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     backbone = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}
+    # A streamed split (tljax.data.streaming) is named by its prepared files, rows,
+    # corruption and preprocessing: hashing its pixels would read it all.
+    content = inputs.cache_key() if hasattr(inputs, "cache_key") else fingerprint_arrays(inputs)
     digest = hashlib.sha256(
         f"{_FEATURE_VERSION}|{key}|{fingerprint_arrays(backbone)}|"
-        f"{fingerprint_arrays(inputs)}".encode()).hexdigest()[:32]
+        f"{content}".encode()).hexdigest()[:32]
     path = os.path.join(cache_dir, f"{digest}.npy") if cache_dir else ""
-    if path and os.path.isfile(path):
-        return np.load(path), True
+    if _cache_hit(path):
+        return _read_cached(path), True
+    if hasattr(inputs, "cache_key"):
+        return _forward_to_file(module, variables, inputs, batch_size, path), False
     features = _forward(module, variables, inputs, batch_size)
-    if path:
+    if path and parallel.is_writer():  # one writer; every process has the features
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp.npy"
         np.save(tmp, features)
