@@ -97,7 +97,7 @@ def test_minilm_classifier_mean_pools_the_pretrained_encoder():
     np.testing.assert_allclose(features, (hidden * m).sum(1) / m.sum(1), rtol=1e-5, atol=1e-6)
 
 
-def _perturb_batch_norm(ref) -> None:
+def perturb_batch_norm(ref) -> None:
     """Gives every BatchNorm2d of ``ref`` non-trivial statistics and affine params, so
     eval-mode BN is exercised, and puts ``ref`` in eval mode."""
     with torch.no_grad():
@@ -120,7 +120,7 @@ def test_resnet_matches_hugging_face_resnet_model(tmp_path, layer_type, depths, 
     hidden = [64, 128, 256, 512] if layer_type == "basic" else [256, 512, 1024, 2048]
     torch.manual_seed(0)
     ref = ResNetModel(ResNetConfig(layer_type=layer_type, depths=depths, hidden_sizes=hidden))
-    _perturb_batch_norm(ref)
+    perturb_batch_norm(ref)
     torch.save(ref.state_dict(), tmp_path / "resnet.bin")
 
     model = models.create(name, 10, image_size=64)
@@ -184,7 +184,7 @@ def test_torchvision_resnet18_layout_matches(tmp_path):
 
     torch.manual_seed(0)
     ref = _torchvision_resnet18()
-    _perturb_batch_norm(ref)
+    perturb_batch_norm(ref)
     torch.save(ref.state_dict(), tmp_path / "resnet18.pth")
     model = models.create("resnet18", 1000, image_size=64)
     variables = weights.load(str(tmp_path / "resnet18.pth"), model.init(jax.random.key(0)),

@@ -165,13 +165,15 @@ def predict_batched(fn: Callable, inputs: np.ndarray, batch_size: int) -> np.nda
     """Returns ``fn(batch)`` over ``inputs`` in batches, concatenated as numpy.
 
     The last partial batch is padded to ``batch_size`` so one compiled shape serves all.
+    A streamed split (``tljax.data.streaming``) reads its batches ahead on worker threads.
     """
     n = len(inputs)
     if n == 0:
         raise ValueError("cannot evaluate on an empty split")
     out = []
-    for start in range(0, n, batch_size):
-        batch = inputs[start:start + batch_size]
+    loaded = inputs.chunks(batch_size) if hasattr(inputs, "chunks") else (
+        (start, inputs[start:start + batch_size]) for start in range(0, n, batch_size))
+    for _, batch in loaded:
         pad = batch_size - len(batch)
         if pad:
             batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])

@@ -174,11 +174,14 @@ def seed(dataset: str, name: str, severity: int, split: str) -> int:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
-def apply(images: np.ndarray, name: str, severity: int, seed_value: int) -> np.ndarray:
+def apply(images: np.ndarray, name: str, severity: int, seed_value: int,
+          indices=None) -> np.ndarray:
     """Returns ``images`` (uint8, (n, h, w, c)) corrupted, as uint8 of the same shape.
 
     Example ``i`` draws its randomness from ``(seed_value, i)`` alone, so the result for an
-    example does not depend on the other examples or on the chunking.
+    example does not depend on the other examples or on the chunking. ``indices`` gives
+    each image's index in the full split where ``images`` are some of its rows (a streamed
+    batch): they then get exactly the pixels they have in the whole split's view.
     """
     fn, random, _ = _CORRUPTIONS[name]
     images = np.asarray(images)
@@ -188,8 +191,8 @@ def apply(images: np.ndarray, name: str, severity: int, seed_value: int) -> np.n
     out = np.empty_like(images)
     for start in range(0, len(images), _CHUNK):
         x = images[start:start + _CHUNK].astype(np.float32) / 255.0
-        rngs = [np.random.default_rng([seed_value, i]) for i in range(start, start + len(x))] \
-            if random else None
+        rows = range(start, start + len(x)) if indices is None else indices[start:start + len(x)]
+        rngs = [np.random.default_rng([seed_value, int(i)]) for i in rows] if random else None
         y = fn(x, severity, rngs)
         out[start:start + len(x)] = np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
     return out

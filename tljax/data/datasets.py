@@ -6,7 +6,11 @@ A dataset spec is a TFDS name with an optional class subset and an optional corr
 given; a corruption (``tljax.data.corruptions``) applies to every split at a severity 1-5.
 tljax's own builders (``digits``) are prepared on first use; TFDS catalog names read their
 prepared array_record data, and are downloaded and prepared (as array_record) when
-``download`` is True.
+``download`` is True. Text classification datasets (a ``.csv``/``.jsonl`` path,
+``tljax.data.textfiles``; the built-in ``vader``, ``tljax.data.vader``) hold raw text in
+``TextSplit``s and take class subsets the same way, but no corruption. Any other name
+containing ``/`` is a path to an image folder (``tljax.data.folders``: a directory of
+class folders, prepared once into the data dir as array_record).
 """
 
 import contextlib
@@ -18,10 +22,11 @@ import sys
 
 import numpy as np
 
-from tljax.data import corruptions
+from tljax.data import corruptions, textfiles
 from tljax.errors import UserError, unknown
 
 BUILTIN = ("digits",)
+TEXT_BUILTIN = ("vader",)  # built-in text datasets, read from an installed package
 SPLITS = ("train", "val", "test")
 # How tljax's split names map onto a catalog dataset's own, where it has no validation split.
 CATALOG_SPLITS = {"train": "train[:90%]", "val": "train[90%:]", "test": "test"}
@@ -39,6 +44,10 @@ class Split:
 
     images: np.ndarray
     labels: np.ndarray
+
+    def take(self, index, labels: np.ndarray) -> "Split":
+        """Returns the examples at ``index`` with ``labels`` in place of their own."""
+        return Split(self.images[index], labels)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +68,9 @@ def parse_spec(spec: str) -> tuple:
     """
     spec = str(spec)
     base, at, corruption = spec.partition("@")
+    if "/" in corruption or "/" in base.partition(":")[2]:  # the separators inside a path
+        raise UserError(f"dataset path {spec!r} contains ':' or '@', which separate the class "
+                        "subset and the corruption; rename the folder or link it without them")
     if at:
         if "@" in corruption:
             raise UserError(f"dataset {spec!r} has more than one '@'; one corruption per "
@@ -83,15 +95,30 @@ def parse_spec(spec: str) -> tuple:
     return name, tuple(classes), corruption
 
 
+def kind(name: str) -> str:
+    """Returns ``"text"`` for a text dataset name (a .csv/.jsonl path, ``vader``), else
+    ``"image"``."""
+    return "text" if name in TEXT_BUILTIN or textfiles.is_text_file(name) else "image"
+
+
 def check_known(name: str) -> None:
-    """Raises ``UserError`` unless ``name`` is a built-in dataset or a TFDS catalog name."""
+    """Raises ``UserError`` unless ``name`` is a built-in dataset, a TFDS catalog name, a
+    text file or an existing image folder."""
     if name in BUILTIN:
+        return
+    if kind(name) == "text":
+        _text_source(name)
+        return
+    from tljax.data import folders
+
+    if folders.is_folder_spec(name):
+        folders.check_path(name)
         return
     import tensorflow_datasets as tfds
 
     if name not in tfds.list_builders(with_community_datasets=False):
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(BUILTIN)}, "
-                        "or any TFDS catalog name")
+                        "any TFDS catalog name, or a path (an image folder: /data/pets)")
 
 
 # What each built-in builder is made from, for the line printed when it is first prepared.
@@ -142,13 +169,20 @@ def _read_split(source, image_key: str, label_key: str) -> Split:
     return Split(images, labels)
 
 
-def _prepared_builder(name: str, data_dir: str, download: bool):
+def _prepared_builder(name: str, data_dir: str, download: bool, folder_dir: str = ""):
     """Returns the builder of ``name``, prepared as array_record.
 
     Preparing prints one tljax line to stderr: for a built-in builder instead of tfds's
     "has no dataset_info.json" warning and download banner; for a catalog dataset before
-    tfds's own download report.
+    tfds's own download report. An image folder is read from ``folder_dir``, its prepared
+    copy (``folder_dir(name, ...)``), or prepared here at the default size.
     """
+    from tljax.data import folders
+
+    if folders.is_folder_spec(name):
+        import tensorflow_datasets as tfds
+
+        return tfds.builder_from_directory(folder_dir or folders.prepare(name, data_dir).dir)
     builtin = name in BUILTIN
     with _quiet_tfds(swallow_prints=builtin):
         builder = _builder(name, data_dir)
@@ -166,35 +200,56 @@ def _prepared_builder(name: str, data_dir: str, download: bool):
     return builder
 
 
-@functools.lru_cache(maxsize=16)
-def _load_full(name: str, data_dir: str, download: bool, split_map: tuple) -> tuple:
-    import tensorflow_datasets as tfds
+def folder_dir(name: str, data_dir: str, folder_image_size: int = 0) -> str:
+    """Returns the TFDS directory of image folder ``name`` prepared under ``data_dir``
+    (decoded only when the folder changed since), or '' when ``name`` is not a path. The
+    directory is named by the folder's content, so it keys caches of what is read."""
+    from tljax.data import folders
 
-    builder = _prepared_builder(name, data_dir, download)
+    return folders.prepare(name, data_dir, folder_image_size).dir \
+        if kind(name) == "image" and folders.is_folder_spec(name) else ""
+
+
+@functools.lru_cache(maxsize=16)
+def _load_full(name: str, data_dir: str, download: bool, split_map: tuple,
+               folder: str = "") -> tuple:
+    builder, image_key, label_key, sources = open_sources(name, data_dir, download, split_map,
+                                                          folder_dir=folder)
+    splits = {ours: _read_split(source, image_key, label_key) for ours, source in sources.items()}
+    label_feature = builder.info.features[label_key]
+    return label_feature.num_classes, tuple(label_feature.names), splits
+
+
+def open_sources(name: str, data_dir: str, download: bool, split_map: tuple,
+                 decoders: dict | None = None, folder_dir: str = "") -> tuple:
+    """Returns ``(builder, image key, label key, {tljax split: random-access source})``.
+
+    Each source is the split's prepared array_record as a ``tfds.data_source`` (``len`` and
+    ``source[i]`` -> one decoded example); nothing is read yet. ``decoders`` as in tfds
+    (e.g. ``SkipDecoding`` of the image, to read labels alone). ``folder_dir``: an image
+    folder's prepared copy (``folder_dir()``), so its ``folder_image_size`` holds.
+    """
+    builder = _prepared_builder(name, data_dir, download, folder_dir)
     info = builder.info
     image_key, label_key = info.supervised_keys or ("image", "label")
     have = set(info.splits.keys())
-    splits = {}
+    sources = {}
     for ours, theirs in split_map:
         if theirs.split("[")[0] not in have:
             raise unknown(f"split of {name}", theirs, have)
-        source = tfds.data_source(name, split=theirs, data_dir=data_dir, builder_kwargs=
-                                  {"file_format": "array_record"}) if name not in BUILTIN else \
-            builder.as_data_source(split=theirs)
-        splits[ours] = _read_split(source, image_key, label_key)
-    label_feature = info.features[label_key]
-    return label_feature.num_classes, tuple(label_feature.names), splits
+        sources[ours] = builder.as_data_source(split=theirs, decoders=decoders)
+    return builder, image_key, label_key, sources
 
 
 @functools.lru_cache(maxsize=4)
 def _corrupted(name: str, data_dir: str, download: bool, split_map: tuple,
-               corruption: tuple) -> dict:
+               corruption: tuple, folder: str = "") -> dict:
     """Returns ``{split: Split}`` of the full dataset with ``corruption`` applied to each split.
 
     The full split is corrupted (then subset by the caller), so an example's pixels do not
     depend on the class subset; the seed names the dataset, corruption and split only.
     """
-    _, _, full = _load_full(name, data_dir, download, split_map)
+    _, _, full = _load_full(name, data_dir, download, split_map, folder)
     kind, severity = corruption
     return {split: Split(corruptions.apply(s.images, kind, severity,
                                            corruptions.seed(name, kind, severity, split)),
@@ -202,40 +257,86 @@ def _corrupted(name: str, data_dir: str, download: bool, split_map: tuple,
             for split, s in full.items()}
 
 
-def load(spec: str, data_dir: str | None = None, download: bool = False,
-         splits: dict | None = None) -> Dataset:
-    """Returns dataset ``spec`` (or its class-subset / corrupted view), ``train``/``val``/``test``.
+def _text_source(name: str):
+    """Returns ``() -> (class names, {split: TextSplit})`` for text dataset ``name``
+    without reading it (a missing file or package is a ``UserError`` already)."""
+    if name in TEXT_BUILTIN:
+        from tljax.data import vader
 
-    ``splits`` maps tljax's split names to the dataset's own TFDS split strings; the
-    default is the dataset's train/validation/test, or 90/10 of train where it has no
-    validation split.
-    """
-    name, classes, corruption = parse_spec(spec)
-    data_dir = data_dir or default_data_dir()
+        vader.lexicon_path()
+        return lambda columns: vader.load()
+    textfiles.check_file(name)
+    return lambda columns: textfiles.read(name, columns)
+
+
+def _load_text(spec: str, name: str, classes, corruption, columns) -> Dataset:
+    if corruption is not None:
+        raise UserError(f"corruptions apply to images; dataset {name!r} is text: drop "
+                        f"'@{corruption[0]}:{corruption[1]}' from {spec!r}")
+    names, splits = _text_source(name)(columns or textfiles.Columns())
+    if classes is not None:
+        names, splits = class_view(name, len(names), names, splits, classes)
+    return Dataset(spec, len(names), names, splits)
+
+
+def resolve_splits(name: str, data_dir: str, splits: dict | None = None) -> tuple:
+    """Returns ``((tljax split, the dataset's own TFDS split string), ...)``, sorted: ``splits``
+    as given, else the dataset's train/validation/test (90/10 of train where it has no
+    validation split)."""
+    from tljax.data import folders
+
     if splits is None:
-        splits = {s: s for s in SPLITS} if name in BUILTIN else None
+        splits = {s: s for s in SPLITS} if name in BUILTIN or folders.is_folder_spec(name) \
+            else None
     if splits is None:
         check_known(name)
         splits = dict(CATALOG_SPLITS)
         have = _builder(name, data_dir).info.splits.keys()
         if "validation" in have:
             splits["train"], splits["val"] = "train", "validation"
-    split_map = tuple(sorted(splits.items()))
-    num_classes, names, full = _load_full(name, data_dir, download, split_map)
+    return tuple(sorted(splits.items()))
+
+
+def load(spec: str, data_dir: str | None = None, download: bool = False,
+         splits: dict | None = None, columns: "textfiles.Columns | None" = None,
+         folder_image_size: int = 0) -> Dataset:
+    """Returns dataset ``spec`` (or its class-subset / corrupted view), ``train``/``val``/``test``.
+
+    ``splits`` maps tljax's split names to the dataset's own TFDS split strings; the
+    default is the dataset's train/validation/test, or 90/10 of train where it has no
+    validation split. ``columns`` names the text/label/pair columns of a text file;
+    ``folder_image_size`` the stored side of an image folder's images (0: from the folder).
+    """
+    name, classes, corruption = parse_spec(spec)
+    if kind(name) == "text":
+        return _load_text(spec, name, classes, corruption, columns)
+    data_dir = data_dir or default_data_dir()
+    split_map = resolve_splits(name, data_dir, splits)
+    folder = folder_dir(name, data_dir, folder_image_size)  # content-named: keys the caches
+    num_classes, names, full = _load_full(name, data_dir, download, split_map, folder)
     if corruption is not None:
-        full = _corrupted(name, data_dir, download, split_map, corruption)
+        full = _corrupted(name, data_dir, download, split_map, corruption, folder)
     if classes is None:
         return Dataset(spec, num_classes, names, full)
+    names, views = class_view(name, num_classes, names, full, classes)
+    return Dataset(spec, len(classes), names, views)
+
+
+def class_view(name: str, num_classes: int, names: tuple, splits: dict,
+               classes: tuple) -> tuple:
+    """Returns ``(names, splits)`` kept to ``classes``, relabelled 0..k-1 in the order given
+    (image and text splits alike: each has ``labels`` and ``take``). Raises ``UserError``
+    for a class not in the dataset."""
     bad = [c for c in classes if not 0 <= c < num_classes]
     if bad:
         raise UserError(f"class {bad[0]} is not in dataset {name!r}; valid: 0-{num_classes - 1}")
     remap = np.full(num_classes, -1, np.int64)
     remap[list(classes)] = np.arange(len(classes))
     views = {}
-    for split_name, split in full.items():
-        keep = remap[split.labels] >= 0
-        views[split_name] = Split(split.images[keep], remap[split.labels[keep]])
-    return Dataset(spec, len(classes), tuple(names[c] for c in classes), views)
+    for split_name, split in splits.items():
+        keep = np.flatnonzero(remap[split.labels] >= 0)
+        views[split_name] = split.take(keep, remap[split.labels[keep]])
+    return tuple(names[c] for c in classes), views
 
 
 def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -13,14 +13,18 @@ SPLIT_SEED = 0
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
-def split_indices(labels: np.ndarray) -> dict:
-    """Returns ``{split: sorted example indices}``, stratified by class, the same every time."""
+def split_indices(labels: np.ndarray, fractions: dict = FRACTIONS) -> dict:
+    """Returns ``{split: sorted example indices}``, stratified by class, the same every time.
+
+    ``fractions`` gives ``train``, ``val`` and ``test`` (image folders carve val alone out
+    of a fixed train split with ``test`` 0); each class's test and val counts are rounded.
+    """
     rng = np.random.default_rng(SPLIT_SEED)
     out = {name: [] for name in FRACTIONS}
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_test = round(len(idx) * FRACTIONS["test"])
-        n_val = round(len(idx) * FRACTIONS["val"])
+        n_test = round(len(idx) * fractions["test"])
+        n_val = round(len(idx) * fractions["val"])
         out["test"] += list(idx[:n_test])
         out["val"] += list(idx[n_test:n_test + n_val])
         out["train"] += list(idx[n_test + n_val:])

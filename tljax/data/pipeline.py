@@ -16,8 +16,11 @@ def preprocess(images: np.ndarray, prep) -> np.ndarray:
 
     uint8 images are scaled to [0, 1]; grey becomes RGB by repetition and RGB becomes grey
     by averaging; the resize is bilinear with antialiasing; then ``(x - mean) / std`` with
-    the model's (or weights') own statistics.
+    the model's (or weights') own statistics. A streamed split's ``Records``
+    (``tljax.data.streaming``) give lazy ``ModelInputs``, preprocessed batch by batch.
     """
+    if hasattr(images, "model_inputs"):
+        return images.model_inputs(prep)
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -45,17 +48,30 @@ def preprocess(images: np.ndarray, prep) -> np.ndarray:
     return (x - mean) / std
 
 
-def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
-            skip: int = 0) -> Iterator:
-    """Yields ``(images, labels)`` batches forever, reshuffled every epoch, full batches only.
+def batches(images, labels: np.ndarray, batch_size: int, seed: int,
+            skip: int = 0, rows=None) -> Iterator:
+    """Returns an iterator of ``(images, labels)`` batches forever, reshuffled every epoch,
+    full batches only.
 
     The order depends on ``seed`` alone, so a run is reproducible end to end; ``skip``
     starts after that many batches (a resumed run sees the batches it would have seen).
+    ``images`` is an array, or a streamed split (``tljax.data.streaming.ModelInputs``),
+    whose batches are read and preprocessed ahead on worker threads in the same order.
+    ``rows`` (positions in a batch) keeps only those rows of every batch: what one process
+    of a multi-process run loads of each global batch.
     """
     n = len(images)
     if batch_size > n:
         raise UserError(f"batch_size {batch_size} is larger than the training split ({n} "
                         f"examples); valid: 1..{n}")
+    if hasattr(images, "prefetch_batches"):
+        return images.prefetch_batches(labels, batch_size, seed, skip, rows)
+    return ((images[idx], labels[idx]) for idx in batch_order(n, batch_size, seed, skip, rows))
+
+
+def batch_order(n: int, batch_size: int, seed: int, skip: int = 0, rows=None) -> Iterator:
+    """Yields the example indices of every batch of ``batches``, forever, from batch ``skip``
+    (only positions ``rows`` of each, where given)."""
     per_epoch = n // batch_size
     rng = np.random.default_rng(seed)
     for _ in range(skip // per_epoch):
@@ -65,5 +81,5 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int,
         order = rng.permutation(n)
         for b in range(first, per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            yield images[idx], labels[idx]
+            yield idx if rows is None else idx[rows]
         first = 0

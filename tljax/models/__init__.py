@@ -2,5 +2,6 @@
 
 from tljax.models.zoo import pretrained
 from tljax.models.registry import Model, Preprocessing, create, describe, names
+from tljax.models import hub  # noqa: E402 (after registry, which it builds on)
 
-__all__ = ["Model", "Preprocessing", "create", "describe", "names", "pretrained"]
+__all__ = ["Model", "Preprocessing", "create", "describe", "hub", "names", "pretrained"]

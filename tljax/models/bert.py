@@ -8,12 +8,15 @@ applied (training is deterministic given the data order).
 """
 
 import dataclasses
+import re
 from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from tljax.errors import UserError
 from tljax.models import blocktable
+from tljax.models.layers import activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +31,7 @@ class BertConfig:
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"  # a layers.ACTIVATIONS name
 
 
 MINILM_L6 = BertConfig()
@@ -97,7 +101,8 @@ class Intermediate(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        return nn.gelu(nn.Dense(self.cfg.intermediate_size, name="dense")(x), approximate=False)
+        return activation(self.cfg.hidden_act)(
+            nn.Dense(self.cfg.intermediate_size, name="dense")(x))
 
 
 class Layer(nn.Module):
@@ -183,3 +188,55 @@ def table(cfg: BertConfig = MINILM_L6, pooling: str | None = "mean") -> tuple:
 def blocks(cfg: BertConfig = MINILM_L6, pooling: str = "mean") -> tuple:
     """Returns the block order ``(name, param-path regex)``, input to output, without the head."""
     return blocktable.regexes(table(cfg, pooling))
+
+
+# Hugging Face's BertConfig defaults, for keys an older config.json leaves out.
+_HF_DEFAULTS = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+                "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
+                "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12}
+
+
+def from_hf_config(config: dict) -> BertConfig:
+    """Returns the ``BertConfig`` of a Hugging Face BERT ``config.json`` (as a dict).
+
+    Raises ``UserError`` for what this encoder does not implement (relative position
+    embeddings, heads that do not divide the hidden size, an unknown activation).
+    """
+    position = config.get("position_embedding_type", "absolute")
+    if position != "absolute":
+        raise UserError(f"BERT position_embedding_type {position!r} is not supported; "
+                        "supported: absolute")
+    cfg = BertConfig(**{k: config.get(k, v) for k, v in _HF_DEFAULTS.items()})
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise UserError(f"BERT hidden_size {cfg.hidden_size} does not divide into "
+                        f"num_attention_heads {cfg.num_attention_heads}")
+    activation(cfg.hidden_act)  # names the known activations
+    return cfg
+
+
+_HF_LEGACY = [(r"\.LayerNorm\.gamma$", ".LayerNorm.weight"),
+              (r"\.LayerNorm\.beta$", ".LayerNorm.bias")]
+
+
+def hf_legacy_names(tensors: dict) -> dict:
+    """Returns ``tensors`` with the TF-era ``LayerNorm.gamma/beta`` names of old BERT
+    checkpoints (``bert-base-uncased``'s ``pytorch_model.bin``) as ``weight/bias``."""
+    out = {}
+    for name, array in tensors.items():
+        for pattern, repl in _HF_LEGACY:
+            name = re.sub(pattern, repl, name)
+        out[name] = array
+    return out
+
+
+def torch_names(pooling: str | None) -> dict:
+    """Returns how stored BERT tensors map to ``Bert(cfg, pooling)`` (see
+    ``weights.torch_names.to_tljax``): Hugging Face's names, ``bert.`` stripped, the
+    ``classifier`` as head; the pretraining heads (``cls.*``: masked LM, next sentence) and,
+    without ``"cls"`` pooling, the pooler are ignored and reported."""
+    ignore = r"cls\..*" + ("" if pooling == "cls" else r"|pooler\..*")
+    why = ("BERT's pretraining heads (cls.*: masked LM, next sentence)"
+           + (" and pooler are unused: the features are mean-pooled tokens"
+              if pooling != "cls" else " are unused by a classifier"))
+    return {"head": ("classifier",), "strip": "bert.", "ignore": ignore, "ignore_why": why,
+            "embeddings": r"embeddings\.\w+_embeddings", "rename": hf_legacy_names}

