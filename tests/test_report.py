@@ -234,6 +234,9 @@ def test_summary_reports_seeds_sample_std_intervals_and_the_experiment_title():
     [full, probe] = report.summary(records)["selected"]
     assert full["seeds"] == [3, 5, 7] and full["test_std"] == pytest.approx(0.1)
     assert full["shifted"] == {"noise": pytest.approx(0.6)}
+    # Shifted accuracy has its spread over seeds too (as the test column does).
+    assert full["shifted_std"] == {"noise": pytest.approx(0.1)}
+    assert "noise acc (mean ± sample std)" in text and "| 0.600 ± 0.100 |" in text
     assert full["trainable_fraction"] == pytest.approx(0.1)
     lo, hi = full["test_bootstrap_ci95"]
     assert lo < 0.9 < hi
@@ -378,3 +381,20 @@ def test_a_point_that_diverged_on_a_seed_is_passed_over_for_a_stable_one():
     # When every point failed somewhere, the best surviving mean still wins.
     (chosen,) = selection.select(records + [rec(0.01, 2, 0, "failed")])
     assert chosen.hparams == {"lr": 0.1}
+
+
+def test_by_dataset_table_puts_strategies_side_by_side_and_names_the_best():
+    from tljax.report import tables
+
+    def row(strategy, dataset, val, test):
+        return {"strategy": strategy, "dataset": dataset, "shots": 10, "val": val,
+                "test": test, "test_std": 0.01}
+
+    rows = [row("first", "noise", 0.8, 0.7), row("last", "noise", 0.6, 0.75),
+            row("first", "perm", 0.2, 0.1), row("last", "perm", 0.9, 0.95)]
+    lines = tables.by_dataset_table(rows).splitlines()
+    assert lines[0] == "| dataset | shots | first | last | best on val | best on test |"
+    assert lines[2] == "| noise | 10 | 0.700 ± 0.010 | 0.750 ± 0.010 | first | last |"
+    assert lines[3] == "| perm | 10 | 0.100 ± 0.010 | 0.950 ± 0.010 | last | last |"
+    assert tables.by_dataset_table(rows[:2]) is None  # one dataset: the summary says it all
+    assert tables.by_dataset_table(rows + [row("first", "perm", 0.3, 0.2)]) is None

@@ -270,3 +270,14 @@ def test_per_strategy_settings_for_a_strategy_not_run_are_named(tmp_path, capsys
                 "strategies=[\"linear_probe\"]", "per_strategy.full-ft.lr=0.1") == 0
     assert ("warning: per_strategy names 'full-ft', which is not in strategies"
             in capsys.readouterr().err)
+
+
+def test_a_source_model_trained_before_new_pretrain_keys_existed_is_still_reused():
+    from tljax import pretrain
+
+    # The key the default source had when it was first recorded: a workdir holding that
+    # source reuses it rather than training (and digesting) another.
+    for model in ("", "cnn"):  # '' = the default: no weights to take a model from, so cnn
+        cfg = config.transfer(model=model)
+        cfg.pretrain.dataset = "digits:0-4"
+        assert pretrain.source_key(cfg) == "cnn-digits_0-4-500-907da004b298"

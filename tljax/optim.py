@@ -83,13 +83,14 @@ def pull_toward_start(alpha: float) -> optax.GradientTransformation:
 def l2sp(alpha: float, beta: float, rules) -> optax.GradientTransformation:
     """Returns the L2-SP penalty's gradient as a transformation: ``alpha (w - w0)`` added
     to every trainable param outside ``head`` (``w0`` held in its state, for those leaves
-    only), ``beta w`` to every trainable ``head`` param, frozen params untouched (no state).
+    only), ``beta w`` to every trainable ``head`` param and every ``reinit`` param (they
+    have no pretrained value to be pulled toward), frozen params untouched (no state).
     """
     def group(path, rule):
         if not rule.trainable:
             return "none"
         head = getattr(path[0], "key", None) == "head"
-        if head:
+        if head or rule.reinit:
             return "head" if beta else "none"
         return "backbone" if alpha else "none"
 

@@ -10,6 +10,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from tljax import checkpoint, data, models, optim, strategies, train
 from tljax.errors import UserError
@@ -23,12 +24,30 @@ def source_key(cfg) -> str:
     """Returns the directory name of ``cfg``'s source model: readable, then a hash of every
     setting its training reads (the model, its input size, ``pretrain.*`` and the
     optimiser settings it shares with the config), so any change trains a new one."""
-    p = cfg.pretrain
-    settings = {"model": cfg.model, "image_size": cfg.image_size, "channels": cfg.channels,
-                "pretrain": p.to_dict(), **{k: cfg[k] for k in _SOURCE_OPTIM_KEYS}}
+    p, name = cfg.pretrain, cfg.model or "cnn"  # '': no weights to take a model from
+    # An empty ``mix`` (a key added later) is left out: a source trained before it existed
+    # keeps its key, so a finished workdir reuses it.
+    settings = {"model": name, "image_size": cfg.image_size, "channels": cfg.channels,
+                "pretrain": {k: v for k, v in p.to_dict().items() if k != "mix" or v},
+                **{k: cfg[k] for k in _SOURCE_OPTIM_KEYS}}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    readable = f"{cfg.model}-{p.dataset}-{p.steps}".replace(":", "_").replace(",", "_")
+    readable = f"{name}-{p.dataset}-{p.steps}".replace(":", "_").replace(",", "_")
     return f"{readable}-{digest.hexdigest()[:12]}"
+
+
+def _train_split(cfg, ds, prep) -> tuple:
+    """Returns the source's training inputs and labels: ``pretrain.dataset``'s train split,
+    then each ``pretrain.mix`` spec's (e.g. a corrupted view, so the source has seen that
+    variation), in that order."""
+    xs, ys = [data.preprocess(ds.splits["train"].images, prep)], [ds.splits["train"].labels]
+    for spec in cfg.pretrain.mix:
+        extra = data.load(spec, data_dir=cfg.data_dir or None, download=cfg.download)
+        if extra.num_classes != ds.num_classes:
+            raise UserError(f"pretrain.mix dataset {spec!r} has {extra.num_classes} classes; "
+                            f"pretrain.dataset {cfg.pretrain.dataset!r} has {ds.num_classes}")
+        xs.append(data.preprocess(extra.splits["train"].images, prep))
+        ys.append(extra.splits["train"].labels)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def source_model(cfg, workdir: str, log=print) -> str:
@@ -41,9 +60,8 @@ def source_model(cfg, workdir: str, log=print) -> str:
         log(f"source model: reusing {path}")
         return path
     ds = data.load(p.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
-    model = models.create(cfg.model, ds.num_classes, cfg.image_size, cfg.channels)
-    x = data.preprocess(ds.splits["train"].images, model.preprocessing)
-    y = ds.splits["train"].labels
+    model = models.create(cfg.model or "cnn", ds.num_classes, cfg.image_size, cfg.channels)
+    x, y = _train_split(cfg, ds, model.preprocessing)
     variables = model.init(jax.random.key(p.seed))
     rules = strategies.labels("full_ft", variables["params"], model.blocks)
     run_cfg = ml_collections.ConfigDict({k: cfg[k] for k in _SOURCE_OPTIM_KEYS})
@@ -62,6 +80,6 @@ def source_model(cfg, workdir: str, log=print) -> str:
         raise UserError(f"the source model's pretraining on {p.dataset!r} diverged ({e}); "
                         f"lower pretrain.lr (now {p.lr:g})") from None
     checkpoint.save_variables(path, final)
-    log(f"source model: {cfg.model} trained on {p.dataset} for {p.steps} steps in "
+    log(f"source model: {model.name} trained on {p.dataset} for {p.steps} steps in "
         f"{seconds:.1f}s, test accuracy {metrics['accuracy']:.3f}; saved to {path}")
     return path

@@ -2,8 +2,10 @@
 
 Param paths are ``/``-joined (``backbone/layer4/1/conv2/kernel``) and matched with
 ``re.fullmatch``; the first matching pattern wins and every param must match one.
-A rule is ``"freeze"``, ``"train"`` or ``("train", lr_mult)``. Named presets expand to such
-lists from the model's block order (input to output, ``head`` last)::
+A rule is ``"freeze"``, ``"train"``, ``("train", lr_mult)`` or ``"reinit"`` (the param starts
+from the model's own init at the run's seed, not the weights, then trains: ``apply_reinit``).
+Named presets expand to such lists from the model's block order (input to output, ``head``
+last)::
 
     labels("last_k:2", params, model.blocks)      # preset with its argument after ':'
     labels([(r"head/.*", "train"), (r".*", "freeze")], params, model.blocks)
@@ -12,7 +14,9 @@ lists from the model's block order (input to output, ``head`` last)::
 each param (``tljax list rules MODEL STRATEGY`` prints it).
 
 A block all of whose params are frozen is a *frozen block*: its BatchNorm runs on running
-statistics, which are never updated.
+statistics, which are never updated. A re-initialised param's BatchNorm running statistics
+(those of the module it belongs to) are re-initialised with it: statistics measured under
+the pretrained weights say nothing about fresh ones.
 """
 
 import dataclasses
@@ -26,10 +30,12 @@ from tljax.errors import UserError, unknown
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """What happens to one param: trained (with an LR multiplier) or frozen."""
+    """What happens to one param: trained (with an LR multiplier) or frozen; ``reinit``
+    params start from the model's fresh init at the run's seed instead of the weights."""
 
     trainable: bool
     lr_mult: float = 1.0
+    reinit: bool = False
 
     @property
     def label(self) -> str:
@@ -39,6 +45,7 @@ class Rule:
 
 FREEZE = Rule(False, 0.0)
 TRAIN = Rule(True, 1.0)
+REINIT = Rule(True, 1.0, reinit=True)
 
 # Norm layers as the families name them: BatchNorm (bn1, _bn0, downsample/1), LayerNorm
 # (LayerNorm, norm1, ln_1), GroupNorm (gn); their params are a scale and a bias.
@@ -46,20 +53,24 @@ NORM_PARAM = r"(?i)(.*/)?(\w*bn\d*|\w*norm\w*|ln\w*|gn\d*|downsample/1)/(scale|b
 
 
 def parse_rule(rule) -> Rule:
-    """Returns the Rule for ``"freeze"``, ``"train"``, ``("train", lr_mult)`` or a Rule."""
+    """Returns the Rule for ``"freeze"``, ``"train"``, ``("train", lr_mult)``, ``"reinit"``
+    or a Rule."""
     if isinstance(rule, Rule):
         return rule
     if rule == "freeze":
         return FREEZE
     if rule == "train":
         return TRAIN
+    if rule == "reinit":
+        return REINIT
     if isinstance(rule, (list, tuple)) and len(rule) == 2 and rule[0] == "train":
         try:
             mult = float(rule[1])
         except (TypeError, ValueError):
             raise UserError(f"bad lr_mult {rule[1]!r} in rule {rule!r}; expected a number") from None
         return Rule(True, mult) if mult > 0 else FREEZE
-    raise UserError(f"unknown rule {rule!r}; known: 'freeze', 'train', ['train', lr_mult]")
+    raise UserError(f"unknown rule {rule!r}; known: 'freeze', 'train', ['train', lr_mult], "
+                    "'reinit'")
 
 
 # ---------------------------------------------------------------------------- presets
@@ -114,6 +125,20 @@ def _surgical(blocks, arg):
     return [(body[b], "train") for b in chosen] + _linear_probe(blocks, arg)
 
 
+def _transfer_n(blocks, arg, copied: str = "freeze", name: str = "transfer_n"):
+    # Yosinski et al. (2014): the first N blocks copied from the source (frozen: AnB/BnB;
+    # fine-tuned: AnB+/BnB+), every later block re-initialised and trained; the head is
+    # fresh in every run anyway.
+    body = _backbone_blocks(blocks)
+    n = _int_arg(name, arg, 0, len(body))
+    return ([(pattern, copied) for _, pattern in body[:n]]
+            + [(pattern, "reinit") for _, pattern in body[n:]] + [(r"head/.*", "train")])
+
+
+def _transfer_n_plus(blocks, arg):
+    return _transfer_n(blocks, arg, copied="train", name="transfer_n+")
+
+
 def _bitfit(blocks, arg):
     return [(r".*/bias", "train")] + _linear_probe(blocks, arg)
 
@@ -158,6 +183,10 @@ PRESETS = {
     "bitfit": Preset(_bitfit, None, "train every bias and the head (Ben Zaken et al. 2022)"),
     "norm_only": Preset(_norm_only, None, "train norm-layer scales/biases and the head"),
     "llrd": Preset(_llrd, "D", "train all, LR x D per block below the head (layer-wise decay)"),
+    "transfer_n": Preset(_transfer_n, "N", "first N backbone blocks copied and frozen, the "
+                         "rest re-initialised and trained (Yosinski et al. 2014, AnB)"),
+    "transfer_n+": Preset(_transfer_n_plus, "N", "first N backbone blocks copied and "
+                          "fine-tuned, the rest re-initialised and trained (AnB+)"),
 }
 
 
@@ -307,3 +336,36 @@ def _block_of(path: str, blocks: Sequence) -> str:
 def describe() -> dict:
     """Returns ``{preset spec: description}`` (``last_k:K``, ...) for ``tljax list``."""
     return {name + (f":{p.arg}" if p.arg else ""): p.description for name, p in PRESETS.items()}
+
+
+def count_reinit(params, rules) -> int:
+    """Returns how many params (elements) a ``reinit`` rule re-initialises."""
+    sizes = traverse_util.flatten_dict(params, sep="/")
+    return sum(int(sizes[p].size) for p in reinit_paths(rules))
+
+
+def reinit_paths(rules) -> list:
+    """Returns the ``/``-joined paths of params whose rule re-initialises them."""
+    return [p for p, r in traverse_util.flatten_dict(rules, sep="/").items() if r.reinit]
+
+
+def apply_reinit(variables: dict, fresh: dict, rules) -> dict:
+    """Returns ``variables`` with every ``reinit`` param taken from ``fresh`` (the model's
+    init at the run's seed), and the ``batch_stats`` of each module owning such a param too.
+
+    ``variables`` is left as it was; with no ``reinit`` rule it is returned unchanged.
+    """
+    paths = set(reinit_paths(rules))
+    if not paths:
+        return variables
+    owners = {p.rpartition("/")[0] for p in paths}  # modules: backbone/block1/bn
+    out = {}
+    for collection, tree in variables.items():
+        flat = traverse_util.flatten_dict(tree, sep="/")
+        source = traverse_util.flatten_dict(fresh.get(collection, {}), sep="/")
+        for path in flat:
+            hit = path in paths if collection == "params" else path.rpartition("/")[0] in owners
+            if hit:
+                flat[path] = source[path]
+        out[collection] = traverse_util.unflatten_dict(flat, sep="/")
+    return out

@@ -26,22 +26,33 @@ class ConvBlock(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """stem -> block1 (pool) -> block2 (pool) -> global average pool.
+    """A stack of conv blocks (``table``, input to output), then global average pooling.
 
-    Blocks, input to output: ``stem, block1, block2``.
+    The default is ``cnn``: stem -> block1 (pool) -> block2 (pool). ``DEEP_TABLE`` with
+    ``DEEP_WIDTHS`` / ``DEEP_POOLS`` is ``cnn6``: six blocks, the depth Yosinski et al.
+    (2014) transfer layer by layer.
     """
 
     widths: Sequence[int] = (32, 64, 128)
+    pools: Sequence[bool] = (False, True, True)  # a 2x2 max-pool after the block
+    table: Sequence = None  # None: TABLE
 
     @nn.compact
     def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
         """Returns pooled features, shape (batch, widths[-1])."""
-        frozen = blocktable.frozen_paths(self, frozen_blocks, TABLE)
-        for (name, _), width in zip(TABLE, self.widths):
-            x = ConvBlock(width, pool=name != "stem", train=train, frozen=frozen, name=name)(x)
+        table = self.table or TABLE
+        frozen = blocktable.frozen_paths(self, frozen_blocks, table)
+        for (name, _), width, pool in zip(table, self.widths, self.pools):
+            x = ConvBlock(width, pool=pool, train=train, frozen=frozen, name=name)(x)
         return jnp.mean(x, axis=(1, 2))
 
 
 # The block table (blocktable): each block is the module of the same name.
 TABLE = (("stem", ("stem",)), ("block1", ("block1",)), ("block2", ("block2",)))
 BLOCKS = blocktable.regexes(TABLE)
+
+# cnn6: two 2x2 pools (16 px -> 4 px), so it takes the same 16 px input as cnn.
+DEEP_TABLE = tuple((f"block{i}", (f"block{i}",)) for i in range(1, 7))
+DEEP_WIDTHS = (16, 32, 32, 64, 64, 128)
+DEEP_POOLS = (False, True, False, True, False, False)
+DEEP_BLOCKS = blocktable.regexes(DEEP_TABLE)

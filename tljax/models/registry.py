@@ -98,6 +98,10 @@ _FAMILIES = {
     "cnn": _Family(lambda size: cnn.SmallCNN(), cnn.BLOCKS, Preprocessing(16, 1, (0.5,), (0.5,)),
                    "small 3-block CNN for tests and miniature experiments, 16 px grey",
                    min_image_size=4),  # two 2x2 max-pools
+    "cnn6": _Family(lambda size: cnn.SmallCNN(cnn.DEEP_WIDTHS, cnn.DEEP_POOLS, cnn.DEEP_TABLE),
+                    cnn.DEEP_BLOCKS, Preprocessing(16, 1, (0.5,), (0.5,)),
+                    "small 6-block CNN for layer-by-layer transfer miniatures, 16 px grey",
+                    min_image_size=4),  # two 2x2 max-pools
     **{name: _resnet(name) for name in resnet.DEPTHS},
     "efficientnet_lite0": _Family(
         lambda size: efficientnet.EfficientNetLite(), efficientnet.blocks(),
@@ -108,12 +112,12 @@ _FAMILIES = {
         lambda size: vit.ViT(dataclasses.replace(vit.VIT_B16, image_size=size)),
         vit.blocks(vit.VIT_B16), Preprocessing(224, 3, (0.5,) * 3, (0.5,) * 3),
         "ViT-B/16 (timm names; Hugging Face ViTModel converts), 224 px, (x - 0.5) / 0.5",
-        {"head": ("head",), "rename": vit.hf_to_timm}, 16, 16),
+        vit.TORCH_NAMES, 16, 16),
     "vit_ti16": _Family(
         lambda size: vit.ViT(dataclasses.replace(vit.VIT_TINY16, image_size=size)),
         vit.blocks(vit.VIT_TINY16), Preprocessing(224, 3, (0.5,) * 3, (0.5,) * 3),
         "ViT-Ti/16 (timm names; Hugging Face ViTModel converts), 224 px, (x - 0.5) / 0.5",
-        {"head": ("head",), "rename": vit.hf_to_timm}, 16, 16),
+        vit.TORCH_NAMES, 16, 16),
     "vgg16": _Family(
         lambda size: vgg.VGG(), vgg.blocks(), Preprocessing(224, 3, IMAGENET_MEAN, IMAGENET_STD),
         "VGG-16 (torchvision names; Keras .h5 converts), 224 px, ImageNet normalisation",
@@ -122,13 +126,12 @@ _FAMILIES = {
         lambda size: bert.Bert(bert.MINILM_L6, "mean"), bert.blocks(bert.MINILM_L6, "mean"),
         Preprocessing(0, 0, (), (), kind="text", max_tokens=128),
         "BERT encoder, 6 layers x 384 (all-MiniLM-L6-v2 shape), mean pooling; token ids",
-        {"head": ("classifier",), "strip": "bert.", "ignore": r"pooler\..*",
-         "embeddings": r"embeddings\.\w+_embeddings"}),
+        bert.torch_names("mean")),
     "bert_base": _Family(
         lambda size: bert.Bert(bert.BERT_BASE, "cls"), bert.blocks(bert.BERT_BASE, "cls"),
         Preprocessing(0, 0, (), (), kind="text", max_tokens=128),
         "BERT-base encoder (Hugging Face names), CLS token through the pooler; token ids",
-        {"head": ("classifier",), "strip": "bert.", "embeddings": r"embeddings\.\w+_embeddings"}),
+        bert.torch_names("cls")),
 }
 
 
@@ -148,8 +151,13 @@ def create(name: str, num_classes: int, image_size: int | None = None,
     """Returns the named model with a fresh ``num_classes``-way head.
 
     ``image_size``/``channels`` override the family's input spec (e.g. ResNet on 64 px; a
-    ViT is built for its size). Raises ``UserError`` for values the model cannot take.
+    ViT is built for its size). ``name`` may also be a Hugging Face model directory (see
+    ``hub``). Raises ``UserError`` for values the model cannot take.
     """
+    from tljax.models import hub  # hub builds on this module
+
+    if name not in _FAMILIES and hub.is_model_dir(name):
+        return hub.create(name, num_classes, image_size, channels)
     if name not in _FAMILIES:
         raise unknown("model", name, names())
     family = _FAMILIES[name]

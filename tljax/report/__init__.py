@@ -58,6 +58,9 @@ def _markdown(records, selections, rows, title, metric) -> str:
              "grid point finished); test columns are the selected point over all its seeds. "
              "Std is the sample std (ddof=1), n/a with one seed.",
              "## Summary", tables.summary_table(rows, several)]
+    pivot = tables.by_dataset_table(rows)
+    if pivot:
+        parts += ["## Test accuracy by dataset and strategy (selected points)", pivot]
     if any(len(sel.grid) > 1 for sel in selections):
         parts += ["## Grid", tables.grid_table(records, selections, several)]
     parts += ["## Runs", tables.runs_table(records, several)]

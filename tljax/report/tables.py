@@ -47,6 +47,7 @@ def summary_rows(selections: list) -> list:
         first = rs[0]
         rows.append({
             "strategy": sel.strategy, "dataset": sel.dataset, "shots": sel.shots,
+            "experiment": first.get("experiment", ""),
             "sweep_hash": sel.sweep_hash, "hparams": sel.hparams, "seeds": sel.seeds,
             "val": _mean([metric(r, "val") for r in rs]),
             "val_select": sel.val_mean, "select_metric": sel.metric,
@@ -55,10 +56,16 @@ def summary_rows(selections: list) -> list:
             "test_bootstrap_ci95": stats.bootstrap_ci95(correct) if len(correct) == len(rs)
             else None,
             "shifted": {n: _mean([metric(r, n) for r in rs]) for n in _shifted(rs)},
+            "shifted_std": {n: stats.mean_std([metric(r, n) for r in rs])[1]
+                            for n in _shifted(rs)},
             "trainable_fraction": first.get("trainable_params", 0)
             / max(first.get("total_params", 0), 1),
             "train_seconds": _mean([r.get("train_seconds", math.nan) for r in rs]),
             "features": _features(rs),
+            # The paper's numbers (tljax.experiment.published_numbers), shown beside ours.
+            "published": next((r["published"] for r in rs if r.get("published")), {}),
+            "published_source": next((r["published_source"] for r in rs
+                                      if r.get("published_source")), ""),
             "extract_seconds": _mean([p.get("extract_seconds", math.nan) for p in probes]),
             "solve_seconds": _mean([p.get("solve_seconds", math.nan) for p in probes]),
         })
@@ -79,8 +86,9 @@ def _clean(x):
 def summary_json(rows: list, n_runs: int) -> dict:
     """Returns ``{"selected": [...], "runs": n_runs}`` for ``--json`` and ``report.json``."""
     keys = ("strategy", "dataset", "shots", "hparams", "val", "test", "test_std", "seeds",
-            "shifted", "test_ci95", "test_bootstrap_ci95", "trainable_fraction",
-            "sweep_hash", "select_metric", "val_select", "train_seconds", "features")
+            "shifted", "shifted_std", "test_ci95", "test_bootstrap_ci95", "trainable_fraction",
+            "sweep_hash", "select_metric", "val_select", "train_seconds", "features",
+            "published", "published_source")
     return {"selected": [_clean({k: row[k] for k in keys}) for row in rows], "runs": n_runs}
 
 
@@ -99,14 +107,33 @@ def _table(head: list, rows: list) -> str:
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
 
 
+def _shifted_cell(row: dict, split: str, n_seeds: int) -> str:
+    mean = row["shifted"].get(split)
+    if mean is None or not math.isfinite(mean):
+        return "-"
+    return f"{_fmt(mean)} ± {'n/a' if n_seeds < 2 else _fmt(row['shifted_std'].get(split))}"
+
+
 def summary_table(rows: list, show_config: bool = False) -> str:
     """Returns the Markdown summary: one row per selected (strategy, dataset, shots)."""
     shifted = _shifted([{"shifted": list(r["shifted"])} for r in rows])
     features = any(r["features"] for r in rows)
+    # A paper column beside each of our accuracies the paper reports for some row.
+    paper = {s for r in rows for s in r.get("published") or {}}
+
+    def beside(split: str) -> list:
+        return [f"paper {split} acc"] if split in paper else []
+
+    def number(r, split: str) -> list:
+        if split not in paper:
+            return []
+        value = (r.get("published") or {}).get(split)
+        return [_fmt(value) if value is not None else "-"]
     head = ["strategy", "n", "seeds", *(["config"] if show_config else []), "dataset",
             "shots", "hparams", "trainable %", "val acc",
-            "test acc (mean ± sample std)", "95% CI over seeds (t)",
-            "95% CI over test examples (bootstrap)", *[f"{s} acc" for s in shifted],
+            "test acc (mean ± sample std)", *beside("test"), "95% CI over seeds (t)",
+            "95% CI over test examples (bootstrap)",
+            *[c for s in shifted for c in (f"{s} acc (mean ± sample std)", *beside(s))],
             "train s/run", *(["features"] if features else [])]
     cells = []
     for r in rows:
@@ -116,11 +143,41 @@ def summary_table(rows: list, show_config: bool = False) -> str:
             *([r["sweep_hash"][:8]] if show_config else []), str(r["dataset"]),
             shots_text(r["shots"]), hparams_text(r["hparams"]),
             f"{100 * r['trainable_fraction']:.2f}", _fmt(r["val"]),
-            f"{_fmt(r['test'])} ± {std}",
+            f"{_fmt(r['test'])} ± {std}", *number(r, "test"),
             _ci(r["test_ci95"], "n/a"), _ci(r["test_bootstrap_ci95"], "-"),
-            *[_fmt(r["shifted"].get(s)) for s in shifted], _fmt(r["train_seconds"], 1),
+            *[c for s in shifted for c in (_shifted_cell(r, s, len(r["seeds"])),
+                                           *number(r, s))],
+            _fmt(r["train_seconds"], 1),
             *([r["features"] or "-"] if features else [])])
     return _table(head, cells)
+
+
+def by_dataset_table(rows: list):
+    """Returns a Markdown table of test accuracy (mean ± sample std) with one row per
+    (dataset, shots) and one column per strategy, naming the best strategy on validation
+    and on test; None unless several datasets each ran several strategies, once each."""
+    cells, strategies = {}, []
+    for r in rows:
+        key = (str(r["dataset"]), r["shots"])
+        if r["strategy"] in cells.setdefault(key, {}):
+            return None  # one strategy under two configs: a column would mix them
+        cells[key][r["strategy"]] = r
+        strategies += [r["strategy"]] if r["strategy"] not in strategies else []
+    if len(cells) < 2 or len(strategies) < 2:
+        return None
+
+    def best(found: dict, field: str) -> str:
+        scored = [(r[field], s) for s, r in found.items() if r[field] is not None
+                  and math.isfinite(r[field])]
+        return max(scored)[1] if scored else "-"
+
+    out = []
+    for (dataset, shots), found in cells.items():
+        out.append([dataset, shots_text(shots)]
+                   + [f"{_fmt(found[s]['test'])} ± {_fmt(found[s]['test_std'])}"
+                      if s in found else "-" for s in strategies]
+                   + [best(found, "val"), best(found, "test")])
+    return _table(["dataset", "shots", *strategies, "best on val", "best on test"], out)
 
 
 def grid_table(records: list, selections: list, show_config: bool = False) -> str:
@@ -227,12 +284,15 @@ def flat_summary(rows: list) -> list:
     flat = []
     for r in rows:
         row = {k: v for k, v in r.items()
-               if k not in ("hparams", "seeds", "shifted", "test_ci95", "test_bootstrap_ci95")}
+               if k not in ("hparams", "seeds", "shifted", "shifted_std", "test_ci95",
+                            "test_bootstrap_ci95", "published")}
         row.update(hparams=json.dumps(r["hparams"]), seeds=" ".join(map(str, r["seeds"])))
         for key in ("test_ci95", "test_bootstrap_ci95"):
             lo, hi = r[key] or (math.nan, math.nan)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi})
         row.update({f"{n}_accuracy": v for n, v in r["shifted"].items()})
+        row.update({f"{n}_accuracy_std": v for n, v in r["shifted_std"].items()})
+        row.update({f"published_{n}_accuracy": v for n, v in (r["published"] or {}).items()})
         flat.append(row)
     return flat
 
@@ -241,6 +301,10 @@ def notes(records: list, selections: list) -> list:
     """Returns sentences about runs the summary leaves out: failed runs, repeated seeds,
     groups with no point of finite validation metric."""
     out = []
+    sources = list(dict.fromkeys(r["published_source"] for r in records
+                                 if r.get("published") and r.get("published_source")))
+    if sources:
+        out.append(f"paper columns: the published numbers, from {'; '.join(sources)}.")
     failed = sum(r.get("status") != "ok" for r in records)
     if failed:
         out.append(f"{failed} run(s) failed; they are listed under Runs only.")
