@@ -77,7 +77,7 @@ BAD = [
     (["run", "no/such/config.py"], "config file not found: 'no/such/config.py'"),
     (["run", MAIN, "--set", "stpes=3"], "unknown config key 'stpes'; known:"),
     (["run", MAIN, "--set", "model=resnet19"],
-     "unknown model 'resnet19'; known: bert_base, bert_minilm_l6, cnn, efficientnet_lite0"),
+     "unknown model 'resnet19'; known: bert_base, bert_minilm_l6, cnn, cnn6, efficientnet_lite0"),
     (["run", MAIN, "--set", "dataset=digitz"], "unknown dataset 'digitz'; known: digits"),
     (["run", MAIN, "--set", "strategies=[\"bitfti\"]"], "unknown strategy 'bitfti'; known: bitfit"),
     (["run", MAIN, "--set", "rules={\"mine\": [[\"(head\", \"train\"]]}",
@@ -107,7 +107,7 @@ BAD = [
      "weights 'efficientnet_lite0' take 3-channel input; got channels=1; valid: 3"),
     (["run", MAIN, "--set", "model=bert_minilm_l6", "weights="],
      "model 'bert_minilm_l6' takes text (token ids), not images (image_size=48, channels=None); "
-     "image models: cnn, efficientnet_lite0"),
+     "image models: cnn, cnn6, efficientnet_lite0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", MAIN, "--set", "strategies=[\"last_k:99\"]"],
      "last_k:99 is out of range; valid: 0 <= K <= 18 (model 'efficientnet_lite0': 18 backbone "
@@ -167,15 +167,16 @@ def test_bad_weight_files_and_workdirs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_empty_split_is_a_user_error(monkeypatch):
-    from tljax import config, data, experiment
+    from tljax import config, data, experiment, loading
     from tljax.data import Dataset, Split
 
     real = data.load("digits:0-4")
     empty = Split(real.splits["val"].images[:0], real.splits["val"].labels[:0])
     fake = Dataset("digits:0-4", 5, real.class_names, {**real.splits, "val": empty})
-    monkeypatch.setattr(data, "load", lambda *a, **k: fake)
+    # Every image dataset reaches load_inputs through load_dataset (in memory or streamed).
+    monkeypatch.setattr(loading, "load_dataset", lambda *a, **k: fake)
     with pytest.raises(experiment.UserError, match="split 'val' of dataset 'digits:0-4' is empty"):
-        experiment.load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
+        loading.load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
                                 experiment.models.create("cnn", 5).preprocessing)
 
 

@@ -1,4 +1,4 @@
-"""``tljax run | probe | list | report | convert``: the command line.
+"""``tljax run | launch | probe | list | report | convert``: the command line.
 
 Bad input exits with code 2 and one line on stderr naming the bad value and the valid
 ones; nothing is written that claims success.
@@ -23,23 +23,36 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_run(args) -> int:
     import jax
 
-    from tljax import config, report, sweep
+    from tljax import config, experiment, parallel, report, sweep
 
+    if args.dry_run:  # validation and the plan only: no data, no training, nothing written
+        from tljax import dryrun
+
+        cfg = config.load(args.config)
+        config.apply_overrides(cfg, args.set or [])
+        print(dryrun.describe(cfg, args.config))
+        return 0
+    if args.distributed:  # first: JAX must not have started its backends yet
+        parallel.initialize_multihost()
     cfg = config.load(args.config)
     config.apply_overrides(cfg, args.set or [])
-    if args.distributed:
-        from tljax import parallel
-
-        parallel.initialize_multihost()
     workdir = args.workdir or os.path.join("runs", cfg.experiment)
-    records = sweep.run(cfg, workdir, log=lambda msg: print(msg, file=sys.stderr))
+    prefix = parallel.process_prefix()  # which process speaks, when there are several
+    records = sweep.run(cfg, workdir, log=lambda msg: print(f"{prefix}{msg}", file=sys.stderr))
     if jax.process_index() == 0:  # one writer in a multi-process run
-        all_records = report.read_results(os.path.join(workdir, "results.jsonl"))
+        all_records = experiment.with_published(
+            cfg, report.read_results(os.path.join(workdir, "results.jsonl")))
         print(report.write(all_records, workdir, title=cfg.experiment,
                            metric=cfg.select_metric))
-    print(f"results: {os.path.join(workdir, 'results.jsonl')} ({len(records)} new runs)",
-          file=sys.stderr)
+    print(f"{prefix}results: {os.path.join(workdir, 'results.jsonl')} ({len(records)} new "
+          "runs)", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+def _cmd_launch(args) -> int:
+    from tljax import launch
+
+    return launch.launch(args.command, args.processes, args.devices_per_process, args.port)
 
 
 def _cmd_list(args) -> int:
@@ -64,10 +77,23 @@ def _cmd_list(args) -> int:
     for name in zoo.names():
         e = zoo.ENTRIES[name]
         print(f"  {name:<20} {e.description}; model {e.model}; {zoo.install_command(name)}")
+    print("model directories (weights=DIR: a Hugging Face model directory, config.json + "
+          "model.safetensors or pytorch_model.bin, sharded or not; model= may stay unset):")
+    for kind, text in models.hub.describe().items():
+        print(f"  {'model_type ' + kind:<20} {text}")
     print("datasets:")
     for name in data.BUILTIN:
         print(f"  {name:<20} built in; class subsets as {name}:0-4 or {name}:1,3,5")
     print(f"  {'<tfds name>':<20} any TFDS catalog dataset (download=True to prepare it)")
+    from tljax.data import vader
+
+    print(f"  {'vader':<20} built in, text: {vader.SOURCE}; binary sentiment; "
+          f"pip install {vader.DISTRIBUTION}")
+    print(f"  {'<file>.csv|.jsonl':<20} text classification: text_column, label_column "
+          "(pair_column), tokenized with the weights' tokenizer to max_length")
+    print(f"  {'/path/to/DIR':<20} image folder (a path with '/', without ':' or '@'): "
+          "DIR/CLASS/IMAGE split 70/10/20, or DIR/train|val|test/CLASS/IMAGE; DIR:0-4 and "
+          "DIR@contrast:2 as for digits; stored at folder_image_size")
     print("corruptions (a dataset view: digits@NAME:SEVERITY or digits:0-4@NAME:SEVERITY, 1-5):")
     for name, text in data.corruptions.describe().items():
         print(f"  {name:<20} {text}")
@@ -111,18 +137,25 @@ def _cmd_convert(args) -> int:
 
     source = zoo.path(args.src) if args.src in zoo.names() else args.src
     model_name = args.model or (zoo.entry(args.src).model if args.src in zoo.names() else None)
+    if models.hub.is_model_dir(source):  # the model is in its config.json; --model must agree
+        def create(n):
+            return models.hub.create(source, n, model=args.model or "")
+        model_name = create(2).name
+    else:
+        def create(n):
+            return models.create(model_name, n)
     if model_name is None:
         raise UserError("convert needs --model for a weights file; known: "
                         + ", ".join(models.names()))
-    if model_name not in models.names():
+    if model_name not in models.names() and not models.hub.is_model_dir(source):
         raise UserError(f"unknown model {model_name!r}; known: {', '.join(models.names())}")
     tensors = weights.read(source)
-    rules = models.create(model_name, 2).torch_names
+    rules = create(2).torch_names
     named = tensors if is_tljax_naming(tensors) else to_tljax(tensors, **rules)
     head = named.get("params/head/bias")
     num_classes = args.num_classes or (int(head.shape[0]) if head is not None else 1000)
     keep_head = head is not None and int(head.shape[0]) == num_classes
-    model = models.create(model_name, num_classes)
+    model = create(num_classes)
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     variables = model.init(jax.random.key(0)) if not keep_head else \
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
@@ -170,8 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override config keys (see `tljax list keys`); the value is JSON, "
                           "else a string")
     run.add_argument("--distributed", action="store_true",
-                     help="join a multi-host run (jax.distributed.initialize) before starting")
+                     help="join a multi-process run (jax.distributed.initialize) before "
+                          "starting: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, "
+                          "JAX_PROCESS_ID when set, else the cluster's (SLURM, Cloud TPU)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="validate every name and setting and print the plan (runs per "
+                          "strategy, grid, seeds) and what this machine lacks ('needs:'); "
+                          "no data read, nothing trained or written")
     run.set_defaults(fn=_cmd_run)
+    lch = sub.add_parser(
+        "launch", help="try a multi-process run on this machine: N processes of "
+                       "`tljax run --distributed`, e.g. launch --processes 2 -- run CONFIG")
+    lch.add_argument("--processes", type=int, required=True, metavar="N",
+                     help="how many processes to start")
+    lch.add_argument("--devices-per-process", type=int, metavar="D",
+                     help="forced CPU devices per process (XLA_FLAGS=--xla_force_host_"
+                          "platform_device_count=D, after any XLA_FLAGS of yours)")
+    lch.add_argument("--port", type=int, metavar="P",
+                     help="coordinator port on localhost (default: a free one)")
+    lch.add_argument("command", nargs=argparse.REMAINDER, metavar="-- run CONFIG ...",
+                     help="the tljax run command line every process runs")
+    lch.set_defaults(fn=_cmd_launch)
     lst = sub.add_parser("list", help="list models, datasets and strategies; "
                                       "keys | blocks MODEL | rules MODEL STRATEGY for more")
     lst.set_defaults(fn=_cmd_list)
@@ -190,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--num-classes", type=int, default=10, help="head size (default: 10)")
     rul.add_argument("--config", help="config file whose rules name STRATEGY")
     prb = sub.add_parser("probe", help="linear probe on cached features, optionally k-shot")
-    prb.add_argument("--model", required=True, help="model name (see `tljax list`)")
-    prb.add_argument("--weights", help="pretrained name, weights file or checkpoint")
+    prb.add_argument("--model", default="", help="model name (see `tljax list`; default: "
+                     "the weights' own, else cnn)")
+    prb.add_argument("--weights", help="pretrained name, weights file, checkpoint or "
+                     "Hugging Face model directory")
     prb.add_argument("--dataset", required=True, help="dataset spec, e.g. digits:5-9")
     prb.add_argument("--shots", type=int, nargs="+", default=[0],
                      help="examples per class for training (0 = all), e.g. 1 5 10 25")
@@ -200,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     prb.add_argument("--image-size", type=int)
     prb.set_defaults(fn=_cmd_probe)
     conv = sub.add_parser("convert", help="convert weights to a tljax orbax checkpoint")
-    conv.add_argument("src", help="weights file (.pth/.bin/.safetensors/.npz/.h5) or pretrained name")
+    conv.add_argument("src", help="weights file (.pth/.bin/.safetensors/.npz/.h5), Hugging Face "
+                      "model directory or pretrained name")
     conv.add_argument("dst", help="orbax checkpoint directory to write")
     conv.add_argument("--model", help="tljax model the weights are for (see `tljax list`)")
     conv.add_argument("--num-classes", type=int, help="head size (default: the file's head)")

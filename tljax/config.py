@@ -8,6 +8,7 @@ at once with a message naming it.
 import difflib
 import contextlib
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -21,8 +22,9 @@ from tljax.errors import UserError
 def transfer(**overrides) -> ml_collections.ConfigDict:
     """Returns the base transfer-experiment config with ``overrides`` applied, locked.
 
-    Keys: ``experiment``, ``model``, ``weights`` (''=random init, a checkpoint or weights
-    file, or a pretrained name), ``dataset`` (a dataset spec, e.g. ``digits:5-9``),
+    Keys: ``experiment``, ``model`` ('' = the weights' own, else ``cnn``), ``weights``
+    (''=random init, a checkpoint or weights file, a Hugging Face model directory, or a
+    pretrained name), ``dataset`` (a dataset spec, e.g. ``digits:5-9``),
     ``shifted`` (name -> dataset spec, evaluated on its test split as extra splits),
     ``strategies`` (preset specs or names in ``rules``), ``rules`` (name -> list of
     [regex, rule]), ``seeds``, the optimisation settings, ``per_strategy`` (strategy ->
@@ -32,14 +34,30 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     """
     c = ml_collections.ConfigDict()
     c.experiment = "transfer"
-    c.model = "cnn"
+    c.model = ""  # '': the weights' own model (a pretrained name, a model directory), else cnn
     c.weights = ""
+    # Load the source's classifier head too (same class count): for targets that keep the
+    # source's label space, e.g. Lee et al. 2023's label shift. Off: every run's head is fresh.
+    c.keep_head = False
     c.image_size = config_dict.placeholder(int)
     c.channels = config_dict.placeholder(int)
     c.dataset = "digits"
     c.data_dir = ""
     c.download = False
+    # Splits whose float32 model input exceeds this many MB are streamed from disk batch by
+    # batch (tljax.data.streaming) instead of held in memory; 0 = always, -1 = never.
+    c.stream_above_mb = 2048
+    # Image folders (a dataset path): the side of the stored centre squares (0 = the
+    # largest shorter side in the folder, at most 256; tljax.data.folders).
+    c.folder_image_size = 0
     c.shifted = ml_collections.ConfigDict()
+    # Text datasets (a .csv/.jsonl file, or vader): the columns read, and the tokenizer
+    # ('' = the tokenizer.json shipped with the weights) truncating/padding to max_length.
+    c.text_column = "text"
+    c.label_column = "label"
+    c.pair_column = ""
+    c.max_length = 128
+    c.tokenizer = ""
     c.strategies = ["linear_probe", "full_ft"]
     c.rules = ml_collections.ConfigDict()
     c.seeds = [0]
@@ -83,8 +101,18 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.sweep = ml_collections.ConfigDict()
     c.select_seeds = 0
     c.select_metric = "accuracy"
+    # After selection, refit the selected point on train and val together and report that
+    # run's test (VTAB's protocol): '' = off, 'train+val'.
+    c.final_fit = ""
+    # The dataset's own split strings per tljax split ({} = train/validation/test, or 90/10
+    # of train), e.g. VTAB-1k's {"train": "train[:800]", "val": "validation[:200]", ...}.
+    c.splits = ml_collections.ConfigDict()
+    # The paper's numbers, shown beside ours in the report: strategy -> test accuracy, or
+    # strategy -> {split: accuracy} (shifted splits too); published_source names the table.
+    c.published = ml_collections.ConfigDict()
+    c.published_source = ""
     c.pretrain = ml_collections.ConfigDict(
-        {"dataset": "", "steps": 500, "lr": 3e-3, "batch_size": 64, "seed": 0})
+        {"dataset": "", "mix": [], "steps": 500, "lr": 3e-3, "batch_size": 64, "seed": 0})
     c.lock()
     # After lock(): a misspelt keyword (transfer(sead=[0])) is an unknown key, not a new one.
     apply_values(c, overrides)
@@ -97,12 +125,16 @@ def apply_values(cfg: ml_collections.ConfigDict, values: dict) -> ml_collections
 
 
 def load(path: str) -> ml_collections.ConfigDict:
-    """Returns ``get_config()`` of the python config file at ``path``.
+    """Returns ``get_config()`` of the python config file at ``path``, or ``get_config(ARG)``
+    for ``path:ARG`` (one file serves several datasets: ``experiments/vtab1k.py:dtd``).
 
     Anything that goes wrong in the file is the user's: a ``UserError`` of one line naming
     the file (and line), e.g. a key the locked config does not have, with the known keys
     closest match first.
     """
+    arg = None
+    if not os.path.isfile(path) and ":" in path and os.path.isfile(path.rpartition(":")[0]):
+        path, _, arg = path.rpartition(":")
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path!r}")
     spec = importlib.util.spec_from_file_location("tljax_config", path)
@@ -113,14 +145,26 @@ def load(path: str) -> ml_collections.ConfigDict:
         raise UserError(f"cannot load config {path!r}: {type(e).__name__}: {e}") from None
     if not hasattr(module, "get_config"):
         raise UserError(f"config {path!r} defines no get_config()")
+    _check_arg(path, module.get_config, arg)
     try:
-        cfg = module.get_config()
+        cfg = module.get_config() if arg is None else module.get_config(arg)
     except Exception as e:
         raise _get_config_error(path, e) from None
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise UserError(f"get_config() in {path!r} must return a ConfigDict; "
                         f"got {type(cfg).__name__}")
     return cfg
+
+
+def _check_arg(path: str, get_config, arg) -> None:
+    """Raises ``UserError`` when ``arg`` is given to a ``get_config()`` that takes none, or
+    none to one that needs it."""
+    params = list(inspect.signature(get_config).parameters.values())
+    if arg is not None and not params:
+        raise UserError(f"config {path!r} takes no argument; got {path}:{arg}")
+    if arg is None and params and params[0].default is inspect.Parameter.empty:
+        raise UserError(f"config {path!r} needs an argument: {path}:ARG "
+                        f"(get_config({params[0].name}))")
 
 
 # ml_collections' message when a locked ConfigDict is given a key it lacks.
@@ -216,20 +260,35 @@ def _unknown_key(key: str, cfg) -> UserError:
                      f"{', '.join(closest_first(key, known_keys(cfg)))}")
 
 
-FREE_FORM = ("sweep", "per_strategy", "shifted", "rules")
+FREE_FORM = ("sweep", "per_strategy", "shifted", "rules", "splits", "published")
 
 
 # One line per key for ``tljax list keys``; a key missing here is listed without one.
 KEY_HELP = {
     "experiment": "name of the experiment; the default workdir is runs/<experiment>",
-    "model": "model name (tljax list)",
-    "weights": "'' = random init; a pretrained name (tljax list), weights file or checkpoint",
+    "model": "model name (tljax list); '' = the weights' own (pretrained name or model "
+             "directory), else cnn",
+    "keep_head": "load the source's classifier head too (its class count must match the "
+                 "target's); off: the head starts fresh",
+    "weights": "'' = random init; a pretrained name (tljax list), weights file, checkpoint, "
+               "or Hugging Face model directory (config.json + weights)",
     "image_size": "input size in px (null: the model's own)",
     "channels": "input channels (null: the model's own)",
-    "dataset": "dataset spec: digits, digits:5-9, digits:1,3@gaussian_noise:3, a TFDS name",
+    "dataset": "dataset spec: digits, digits:5-9, digits:1,3@gaussian_noise:3, a TFDS name, "
+               "vader, a text file (/data/reviews.csv, .jsonl)",
     "data_dir": "where datasets live ('' = $TLJAX_DATA_DIR or ~/.cache/tljax)",
     "download": "prepare a missing TFDS catalog dataset",
+    "stream_above_mb": "stream splits whose float32 input exceeds this many MB from disk, "
+                       "batch by batch (0 = always, -1 = never)",
+    "folder_image_size": "image folders (a dataset path): side in px of the stored centre "
+                         "squares (0 = the folder's largest shorter side, at most 256)",
     "shifted": "name -> dataset spec, evaluated on its test split as an extra split",
+    "text_column": "text datasets (.csv/.jsonl): the column holding the text",
+    "label_column": "text datasets: the column holding the label (ints as given, else sorted "
+                    "strings)",
+    "pair_column": "text datasets: the column holding a second segment for pairs ('' = none)",
+    "max_length": "text datasets: tokens per example (truncated / padded)",
+    "tokenizer": "text datasets: a tokenizer.json or its directory ('' = the weights' own)",
     "strategies": "strategy specs (tljax list) or names in rules; one run each per seed",
     "rules": "name -> [[regex, rule], ...]; check with tljax list rules MODEL STRATEGY",
     "seeds": "one run per seed and strategy",
@@ -260,7 +319,13 @@ KEY_HELP = {
     "sweep": "key -> list of values, run as a grid x strategies x seeds",
     "select_seeds": "run the sweep grid on the first N seeds only (0 = all seeds)",
     "select_metric": "validation metric that picks the sweep point",
+    "final_fit": "'' | train+val: refit each selected point on train and val, report its test",
+    "splits": "tljax split -> the dataset's split string ({} = train/validation/test or 90/10)",
+    "published": "strategy -> the paper's test accuracy (or {split: accuracy}), beside ours",
+    "published_source": "where the published numbers come from (paper, table)",
     "pretrain.dataset": "train a source model on this dataset first when weights is ''",
+    "pretrain.mix": "more dataset specs (same classes) whose train splits join the source's, "
+                   "e.g. a corrupted view: ['digits@invert:5']",
     "pretrain.steps": "source-model training steps",
     "pretrain.lr": "source-model learning rate",
     "pretrain.batch_size": "source-model batch size",

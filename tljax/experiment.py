@@ -5,7 +5,6 @@ so a typo costs seconds, not a half-finished sweep. ``tljax.sweep`` runs the gri
 strategies x swept values x seeds on top of ``run_one``.
 """
 
-import dataclasses
 import os
 
 import jax
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 
 from tljax import checkpoint, data, fit_paths, models, optim, parallel, probe, strategies, train
-from tljax import weights
+from tljax import loading, weights
 from tljax.errors import UserError
 from tljax.models import zoo
 from tljax.report.stats import encode_correct
@@ -26,33 +25,8 @@ BN_MODES = ("per_block", "eval")
 COMPUTE_DTYPES = fit_paths.COMPUTE_DTYPES
 PER_STRATEGY_KEYS = OPTIM_KEYS + ("bn_mode",)
 SELECT_METRICS = ("accuracy", "macro_f1", "loss")
-
-
-@dataclasses.dataclass
-class Inputs:
-    """Preprocessed model inputs: ``{split name: (float images, labels)}``."""
-
-    num_classes: int
-    splits: dict
-
-
-def load_inputs(cfg, spec: str, prep) -> Inputs:
-    """Returns every split of ``spec`` and each of ``cfg.shifted``'s test splits, preprocessed
-    with ``prep``."""
-    ds = data.load(spec, data_dir=cfg.data_dir or None, download=cfg.download)
-    splits = {}
-    for name, split in ds.splits.items():
-        if len(split.labels) == 0:
-            raise UserError(f"split {name!r} of dataset {spec!r} is empty")
-        splits[name] = (data.preprocess(split.images, prep), split.labels)
-    for name, shifted_spec in cfg.shifted.items():
-        shifted = data.load(shifted_spec, data_dir=cfg.data_dir or None, download=cfg.download)
-        if shifted.num_classes != ds.num_classes:
-            raise UserError(f"shifted split {name!r} ({shifted_spec}) has {shifted.num_classes} "
-                            f"classes; the target dataset {spec!r} has {ds.num_classes}")
-        test = shifted.splits["test"]
-        splits[name] = (data.preprocess(test.images, prep), test.labels)
-    return Inputs(ds.num_classes, splits)
+FINAL_FITS = ("", "train+val")  # tljax.sweep: refit the selected point on train and val
+DEFAULT_MODEL = "cnn"  # what an empty ``model`` runs when the weights name no model
 
 
 def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
@@ -75,6 +49,45 @@ def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
     return run_cfg
 
 
+def published_numbers(cfg, strategy: str) -> dict:
+    """Returns ``{"published": {split: accuracy}, "published_source": ...}`` for the record
+    of ``strategy`` (the paper's numbers from ``cfg.published``), or {} when it has none."""
+    value = cfg.published.get(strategy)
+    if value is None:
+        return {}
+    numbers = {"test": value} if isinstance(value, (int, float)) else dict(value)
+    return {"published": {k: float(v) for k, v in numbers.items()},
+            "published_source": cfg.published_source}
+
+
+def with_published(cfg, records: list) -> list:
+    """Returns ``records`` with the paper's numbers of ``cfg`` (as it is now) on each record
+    of its experiment: numbers filled in or corrected after the runs finished (a rerun
+    skips them, and ``published`` never changes a run's identity) reach the report."""
+    out = []
+    for r in records:
+        if r.get("experiment") == cfg.experiment:
+            r = {k: v for k, v in r.items() if k not in ("published", "published_source")}
+            r.update(published_numbers(cfg, r.get("strategy", "")))
+        out.append(r)
+    return out
+
+
+def check_published(cfg) -> None:
+    """Raises ``UserError`` unless ``cfg.published`` gives accuracies in [0, 1] for test or a
+    shifted split. A strategy not run is allowed (``--set strategies=...`` may drop one)."""
+    splits = ["test", *cfg.shifted]
+    for strategy, value in cfg.published.items():
+        numbers = {"test": value} if isinstance(value, (int, float)) else value
+        for split, number in dict(numbers).items():
+            if split not in splits:
+                raise UserError(f"published.{strategy} names split {split!r}; known: "
+                                f"{', '.join(splits)}")
+            if not isinstance(number, (int, float)) or not 0 <= number <= 1:
+                raise UserError(f"published.{strategy}.{split} = {number!r}; give an accuracy "
+                                "in [0, 1] (a paper's 91.8% is 0.918)")
+
+
 def strategy_rules(cfg, strategy: str):
     """Returns what ``strategies.labels`` takes: a named rule list from the config, or the spec."""
     if strategy in cfg.rules:
@@ -83,25 +96,49 @@ def strategy_rules(cfg, strategy: str):
 
 
 def create_model(cfg, num_classes: int) -> models.Model:
-    """Returns the config's model; pretrained weights by name bring their own preprocessing."""
+    """Returns the config's model; pretrained weights by name bring their own preprocessing,
+    and a Hugging Face model directory its own architecture (config.json) and preprocessing."""
     if cfg.weights in zoo.names():
         return zoo.create(cfg.weights, num_classes, cfg.image_size, cfg.channels)
-    return models.create(cfg.model, num_classes, cfg.image_size, cfg.channels)
+    if models.hub.is_model_dir(cfg.weights):
+        return models.hub.create(cfg.weights, num_classes, cfg.image_size, cfg.channels,
+                                 model=cfg.model)
+    return models.create(model_name(cfg), num_classes, cfg.image_size, cfg.channels)
+
+
+def model_name(cfg) -> str:
+    """Returns the model ``cfg`` runs: ``cfg.model`` if set, else the weights' own (a
+    pretrained name's model, a model directory's config.json ``model_type``), else ``cnn``."""
+    if cfg.model:
+        return cfg.model
+    if cfg.weights in zoo.names():
+        return zoo.entry(cfg.weights).model
+    if models.hub.is_model_dir(cfg.weights):
+        return models.hub.model_type(cfg.weights)
+    return DEFAULT_MODEL
 
 
 def resolve_weights(cfg) -> str:
     """Returns the weights file or checkpoint path of ``cfg.weights`` ('' for random init)."""
-    return zoo.path(cfg.weights) if cfg.weights in zoo.names() else cfg.weights
+    return zoo.resolve(cfg.weights)
 
 
-def validate(cfg, only=None) -> models.Model:
+def validate(cfg, only=None, needs: list | None = None) -> models.Model:
     """Checks every name and setting in ``cfg`` without training; returns the target model.
 
     ``only`` limits the strategy checks to those strategies (a sweep validates each
     strategy's effective config on its own). Raises ``UserError`` naming the first bad
-    value and the valid ones.
+    value and the valid ones. With a ``needs`` list (``tljax run --dry-run``), files this
+    machine lacks (a weights file or package, a dataset path) are appended to it as one
+    line each instead of raising. An empty ``model`` is filled in (``model_name``), so every
+    later use of the config sees the model that runs.
     """
-    if cfg.model not in models.names():
+    cfg.model = model_name(cfg)
+    if cfg.model in models.hub.MODEL_TYPES and not models.hub.is_model_dir(cfg.weights):
+        raise UserError(f"model {cfg.model!r} takes its sizes from a model directory's "
+                        f"config.json; set weights=DIR, or a model of fixed sizes: "
+                        f"{', '.join(models.names())}")
+    if cfg.model not in models.names() and not models.hub.is_model_dir(cfg.weights):
         raise UserError(f"unknown model {cfg.model!r}; known: {', '.join(models.names())}")
     if not cfg.strategies:
         raise UserError("no strategies to run; set strategies, e.g. ['linear_probe', 'full_ft']")
@@ -113,13 +150,29 @@ def validate(cfg, only=None) -> models.Model:
     if cfg.optimizer not in optim.OPTIMIZERS:
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; known: "
                         f"{', '.join(optim.OPTIMIZERS)}")
+    if cfg.keep_head and not (cfg.weights or cfg.pretrain.dataset):
+        raise UserError("keep_head=True needs a source model with a head: set weights or "
+                        "pretrain.dataset (now both empty: random init)")
     clash = sorted(set(cfg.shifted) & {"train", "val", "test"})
     if clash:
         raise UserError(f"shifted split name {clash[0]!r} is taken by the target's own split; "
                         "name it after its shift, e.g. 'noise3'")
     for spec in [cfg.dataset] + list(cfg.shifted.values()) + (
-            [cfg.pretrain.dataset] if cfg.pretrain.dataset else []):
-        data.check_known(data.parse_spec(spec)[0])
+            [cfg.pretrain.dataset] + list(cfg.pretrain.mix) if cfg.pretrain.dataset else []):
+        name = data.parse_spec(spec)[0]
+        path_like = "/" in name or (data.kind(name) == "text" and name not in data.TEXT_BUILTIN)
+        if needs is not None and path_like and not os.path.exists(name):
+            needs.append(f"dataset {spec!r}: the path {name!r} does not exist here")
+            continue
+        data.check_known(name)
+    check_published(cfg)
+    if cfg.final_fit not in FINAL_FITS:
+        raise UserError(f"unknown final_fit {cfg.final_fit!r}; known: "
+                        f"{', '.join(map(repr, FINAL_FITS))}")
+    odd = sorted(set(cfg.splits) - set(data.datasets.SPLITS))
+    if odd or (cfg.splits and len(cfg.splits) != len(data.datasets.SPLITS)):
+        raise UserError(f"splits needs exactly the keys {', '.join(data.datasets.SPLITS)} "
+                        f"(the dataset's split string for each); got {', '.join(cfg.splits)}")
     if cfg.probe_solver not in probe.SOLVERS:
         raise UserError(f"unknown probe_solver {cfg.probe_solver!r}; known: "
                         f"{', '.join(probe.SOLVERS)}")
@@ -140,15 +193,21 @@ def validate(cfg, only=None) -> models.Model:
         if entry.model != cfg.model:
             raise UserError(f"weights {cfg.weights!r} are for model {entry.model!r}, not "
                             f"{cfg.model!r}; set model={entry.model}")
-        zoo.path(cfg.weights)  # names the package to install when it is missing
+        try:
+            zoo.path(cfg.weights)  # names the package to install when it is missing
+        except UserError as e:
+            if needs is None:
+                raise
+            needs.append(f"weights {cfg.weights!r}: {e}")
+    elif (cfg.weights and not os.path.exists(cfg.weights) and needs is not None
+          and any(c in cfg.weights for c in "./" + os.sep)):  # a bare word: a mistyped name
+        needs.append(f"weights {cfg.weights!r}: no such file or checkpoint here")
     elif cfg.weights and not os.path.exists(cfg.weights):
         raise UserError(f"weights not found: {cfg.weights!r}; known pretrained names: "
-                        f"{', '.join(zoo.names())}, or a file/checkpoint path")
+                        f"{', '.join(zoo.names())}, or a file, checkpoint or model directory "
+                        "path")
     model = create_model(cfg, 2)
-    if model.preprocessing.kind != "image":  # tljax.data holds image datasets only
-        raise UserError(f"model {cfg.model!r} takes {model.preprocessing.kind} (token ids); dataset "
-                        f"{cfg.dataset!r} holds images; image models: "
-                        f"{', '.join(models.names('image'))}")
+    _check_input_kind(cfg, model)
     shapes = _param_shapes(model)
     for strategy in (cfg.strategies if only is None else only):
         strategies.labels(strategy_rules(cfg, strategy), shapes["params"], model.blocks,
@@ -156,6 +215,40 @@ def validate(cfg, only=None) -> models.Model:
         parallel.check_batch(strategy_config(cfg, strategy).batch_size,
                              jax.device_count() * cfg.accum_steps)
     return model
+
+
+def _check_input_kind(cfg, model: models.Model) -> None:
+    """Raises ``UserError`` unless every dataset of ``cfg`` holds what the model takes
+    (images or text), and the text settings fit the model."""
+    want = model.preprocessing.kind
+    specs = [cfg.dataset] + list(cfg.shifted.values()) + (
+        [cfg.pretrain.dataset] if cfg.pretrain.dataset else [])
+    for spec in specs:
+        have = data.kind(data.parse_spec(spec)[0])
+        if have != want:
+            words = {"image": "images", "text": "text (token ids)"}
+            raise UserError(f"model {cfg.model!r} takes {words[want]}; dataset {spec!r} holds "
+                            f"{words[have].split()[0]}; {want} models: "
+                            f"{', '.join(models.names(want))}")
+    if want == "text":
+        if cfg.pretrain.dataset:
+            raise UserError(f"pretrain.dataset {cfg.pretrain.dataset!r}: a source model is "
+                            "trained for image models only; set weights instead")
+        limit = model.module.backbone.cfg.max_position_embeddings
+        if not 1 <= cfg.max_length <= limit:
+            raise UserError(f"max_length {cfg.max_length} does not fit model {cfg.model!r}; "
+                            f"valid: 1..{limit}")
+        for key in ("text_column", "label_column"):
+            if not cfg[key]:
+                raise UserError(f"{key} is empty; name the file's column, e.g. "
+                                f"{key}={key.split('_')[0]}")
+        from tljax import text
+
+        try:
+            tokenizer = text.find_tokenizer(cfg.tokenizer, resolve_weights(cfg))
+        except UserError:  # none here: named when the inputs are encoded
+            return
+        text.check_vocab(tokenizer, model.module.backbone.cfg.vocab_size, cfg.model)
 
 
 _SHAPES = {}
@@ -175,7 +268,7 @@ def training_path(strategy: str) -> str:
     return fit_paths.training_path(strategy)
 
 
-def check_train_batch(cfg, strategy: str, inputs: Inputs) -> None:
+def check_train_batch(cfg, strategy: str, inputs: loading.Inputs) -> None:
     """Raises ``UserError`` unless the batch ``strategy`` will really train with fits its
     training set and divides over the devices and micro-batches (k-shot runs train with
     ``min(batch_size, shots x classes)``, which may not)."""
@@ -198,7 +291,7 @@ def check_train_batch(cfg, strategy: str, inputs: Inputs) -> None:
                 f"is a multiple of {divisor}, or set accum_steps=1")
 
 
-def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strategy: str,
+def run_one(cfg, model: models.Model, inputs: loading.Inputs, weights_path: str, strategy: str,
             seed: int, workdir: str, identity: dict, log=print) -> dict:
     """Trains and evaluates one (strategy, seed) of the effective config ``cfg``; returns its
     result record.
@@ -210,10 +303,14 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
     ever overwrites them.
     """
     run_cfg = strategy_config(cfg, strategy)
-    variables = model.init(jax.random.key(seed))
-    if weights_path:
-        variables = weights.load(weights_path, variables, model.torch_names)
+    # The head (and every ``reinit`` param, with its BatchNorm statistics) starts from this
+    # one init at the run's seed; the weights fill the rest of the backbone.
+    fresh = model.init(jax.random.key(seed))
+    variables = weights.load(weights_path, fresh, model.torch_names, keep_head=cfg.keep_head,
+                             log=lambda msg: log(f"{strategy} seed {seed}: {msg}")
+                             ) if weights_path else fresh
     rules = strategies.labels(strategy_rules(cfg, strategy), variables["params"], model.blocks)
+    variables = strategies.apply_reinit(variables, fresh, rules)
     trainable, total = strategies.count(variables["params"], rules)
     frozen = strategies.frozen_blocks(rules, model.blocks)
     if run_cfg.bn_mode == "eval":
@@ -224,6 +321,8 @@ def run_one(cfg, model: models.Model, inputs: Inputs, weights_path: str, strateg
         "dataset": cfg.dataset, "strategy": strategy, "seed": seed, **identity,
         "config_hash": identity["run_hash"], "path": path,
         "trainable_params": trainable, "total_params": total, "shots": cfg.shots,
+        "reinit_params": strategies.count_reinit(variables["params"], rules),
+        **published_numbers(cfg, strategy),
         "frozen_blocks": list(frozen), "bn_mode": run_cfg.bn_mode,
         "optim": run_cfg.to_dict(), "devices": jax.device_count(), "parallel": cfg.parallel,
         "compute_dtype": cfg.compute_dtype, "accum_steps": cfg.accum_steps,
@@ -262,9 +361,8 @@ def probe_sweep(cfg, shots=(0,), seeds=(0,)) -> list:
     weights on ``cfg.dataset`` with ``cfg.probe_solver`` (shots 0 = the whole train split).
     """
     validate(cfg, only=())
-    target = data.load(cfg.dataset, data_dir=cfg.data_dir or None, download=cfg.download)
-    model = create_model(cfg, target.num_classes)
-    inputs = load_inputs(cfg, cfg.dataset, model.preprocessing)
+    model = create_model(cfg, loading.dataset_classes(cfg, cfg.dataset))
+    inputs = loading.load_inputs(cfg, cfg.dataset, model.preprocessing)
     variables = model.init(jax.random.key(0))
     if resolve_weights(cfg):
         variables = weights.load(resolve_weights(cfg), variables, model.torch_names)

@@ -94,6 +94,8 @@ def _strategy(spec: str, config_path: str | None):
 def _rule(rule) -> str:
     if not rule.trainable:
         return "freeze"
+    if rule.reinit:
+        return "reinit"
     return "train" if rule.lr_mult == 1 else f"train x{rule.lr_mult:.3g}"
 
 

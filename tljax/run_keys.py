@@ -2,7 +2,9 @@
 
 A run is identified by ``run_hash``: the result-affecting settings of its effective config
 (per-strategy overrides and swept values applied), its strategy and seed, and the
-*content* of its weights (a digest of the file or checkpoint, never its path). Settings
+*content* of its weights (a digest of the file or checkpoint, never its path) and of an
+image folder it reads (its files' paths, sizes and mtimes: ``tljax.data.folders``) or text
+file it reads (a digest of its bytes). Settings
 that cannot change a result (logging, checkpoint cadence, eval batch size, cache and data
 paths) are left out, so changing them neither reruns a finished run nor abandons a
 resumable checkpoint. ``sweep_hash`` is the same without the swept keys and the seed: the
@@ -18,7 +20,8 @@ import os
 # strategy list and per-strategy overrides become the run's own strategy and settings).
 NON_RESULT_KEYS = ("experiment", "log_every", "checkpoint_every", "eval_batch_size",
                    "feature_cache", "data_dir", "download", "strategies", "seeds", "sweep",
-                   "per_strategy", "select_seeds", "select_metric", "rules")
+                   "per_strategy", "select_seeds", "select_metric", "rules", "published",
+                   "published_source", "stream_above_mb")
 OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "grad_clip", "warmup_steps", "l2sp_alpha", "l2sp_beta")
 # What each training path never reads: the cached-feature probe trains no network, and a
@@ -27,6 +30,63 @@ _NETWORK_KEYS = OPTIM_KEYS + ("bn_mode", "accum_steps", "parallel", "fsdp_regex"
                               "compute_dtype")
 _PROBE_KEYS = ("probe_solver", "probe_standardize", "probe_l2_grid")
 IGNORED_BY_PATH = {"probe": _NETWORK_KEYS, "network": _PROBE_KEYS, "probe+network": ()}
+# Read only for text datasets: an image run's identity (and its finished results) does not
+# depend on them.
+TEXT_KEYS = ("text_column", "label_column", "pair_column", "max_length", "tokenizer")
+# Read only for image folders (a dataset path that is not a text file).
+FOLDER_KEYS = ("folder_image_size",)
+
+
+def _reads_text(cfg_dict: dict) -> bool:
+    from tljax.data.datasets import kind, parse_spec
+
+    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
+    return any(kind(parse_spec(spec)[0]) == "text" for spec in specs if spec)
+
+
+_FILE_DIGESTS = {}  # (path, size, mtime) -> sha256: a large text file is hashed once
+
+
+def _text_contents(cfg_dict: dict) -> dict:
+    """Returns ``{path: sha256 of its bytes}`` for each text file (.csv/.jsonl) the run
+    reads, and the tokenizer file that a ``tokenizer`` setting names: an edited file is
+    another dataset, as weights are."""
+    from tljax.data.datasets import parse_spec
+    from tljax.data.textfiles import is_text_file
+
+    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
+    names = [name for name in sorted({parse_spec(spec)[0] for spec in specs if spec})
+             if is_text_file(name)]
+    tokenizer = cfg_dict.get("tokenizer") or ""
+    if tokenizer and _reads_text(cfg_dict):  # a file given by path may be rewritten in place
+        names.append(os.path.join(tokenizer, "tokenizer.json") if os.path.isdir(tokenizer)
+                     else tokenizer)
+    out = {}
+    for name in names:
+        if os.path.isfile(name):
+            st = os.stat(name)
+            key = (os.path.abspath(name), st.st_size, st.st_mtime_ns)
+            if key not in _FILE_DIGESTS:
+                h = hashlib.sha256()
+                with open(name, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                _FILE_DIGESTS[key] = h.hexdigest()
+            out[name] = _FILE_DIGESTS[key]
+    return out
+
+
+def _folder_contents(cfg_dict: dict) -> dict:
+    """Returns ``{path: key of its content}`` for each image folder the run reads: a
+    folder with an image added, removed or touched is another dataset, as weights are."""
+    from tljax.data import folders
+    from tljax.data.datasets import parse_spec
+
+    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
+    names = {parse_spec(spec)[0] for spec in specs if spec}
+    size = int(cfg_dict.get("folder_image_size") or 0)
+    return {name: folders.folder_key(folders.scan(name), size)
+            for name in sorted(names) if folders.is_folder_spec(name)}
 
 
 def _digest(obj) -> str:
@@ -41,7 +101,17 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
     its weights, a self-pretrained source's included ('' for random init).
     """
     drop = set(NON_RESULT_KEYS) | set(IGNORED_BY_PATH[path])
+    if not _reads_text(cfg_dict):
+        drop |= set(TEXT_KEYS)
+    contents = _folder_contents(cfg_dict)
+    if not contents:
+        drop |= set(FOLDER_KEYS)
     settings = {k: v for k, v in cfg_dict.items() if k not in drop}
+    if contents:
+        settings["folder_contents"] = contents
+    texts = _text_contents(cfg_dict)
+    if texts:
+        settings["text_contents"] = texts
     rules = cfg_dict.get("rules", {})
     if strategy in rules:  # only this strategy's own rule list matters
         settings["rules"] = rules[strategy]
@@ -52,8 +122,11 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
         settings.pop("pretrain", None)
     elif not cfg_dict.get("pretrain", {}).get("dataset"):
         settings.pop("pretrain", None)
-    if not settings.get("shifted"):
-        settings.pop("shifted", None)
+    # Keys added after runs were recorded count only when set: a run that does not use
+    # them keeps the identity (and the finished result) it had before they existed.
+    for key in ("shifted", "splits", "final_fit", "keep_head"):
+        if not settings.get(key):
+            settings.pop(key, None)
     return settings
 
 
@@ -77,6 +150,11 @@ def weights_digest(path: str, cache: dict | None = None) -> str:
         return ""
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    if os.path.isfile(os.path.join(path, "config.json")):  # a Hugging Face model directory:
+        # .git/ and .cache/huggingface/ (a clone, `huggingface-cli download --local-dir`)
+        # are rewritten by the tools, never read as the model.
+        files = [f for f in files if not any(
+            part.startswith(".") for part in os.path.relpath(f, path).split(os.sep))]
     stamp = json.dumps([(os.path.relpath(f, path) if f != path else "", os.path.getsize(f),
                          os.stat(f).st_mtime_ns) for f in files])
     key = f"{os.path.abspath(path)}|{stamp}"

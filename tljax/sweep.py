@@ -8,7 +8,10 @@ dropped from its grid, so no identical run is repeated.
 
 With ``select_seeds=N`` the grid runs on the first N seeds; then, per (strategy, dataset,
 shots), the point with the best mean validation ``select_metric`` (``tljax.report.
-selection``; test and shifted splits are never read) runs on the remaining seeds.
+selection``; test and shifted splits are never read) runs on the remaining seeds. With
+``final_fit="train+val"`` (VTAB), that selected point is then trained again on train and
+val together, on every seed (``final_point``); those records carry ``final_fit`` in their
+hparams and form a summary row of their own.
 
 Every run is keyed by ``tljax.run_keys.run_hash``: a rerun skips every run whose record
 says ``ok`` under the same hash, and resumes an unfinished one from its checkpoint.
@@ -28,14 +31,15 @@ import ml_collections
 import numpy as np
 
 import tljax
-from tljax import data, experiment, pretrain, run_keys
+from tljax import experiment, loading, parallel, pretrain, run_keys
 from tljax.errors import UserError
 from tljax.report.records import hparams_key
 
 # Keys that describe the sweep itself, or that no single run can take another value of.
 NOT_SWEEPABLE = ("experiment", "strategies", "seeds", "sweep", "per_strategy", "select_seeds",
                  "select_metric", "rules", "pretrain", "shifted", "log_every",
-                 "checkpoint_every", "eval_batch_size", "feature_cache", "data_dir", "download")
+                 "checkpoint_every", "eval_batch_size", "feature_cache", "data_dir", "download",
+                 "final_fit", "splits", "published", "published_source", "stream_above_mb")
 
 
 @dataclasses.dataclass
@@ -82,7 +86,8 @@ def strategy_grid(cfg, strategy: str) -> dict:
 
 def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.ConfigDict:
     """Returns a copy of ``cfg`` as ``strategy`` runs it at ``hparams``: its per-strategy
-    settings and the swept values applied, ``per_strategy`` and ``sweep`` emptied."""
+    settings and the swept values applied, ``per_strategy`` and ``sweep`` emptied, and no
+    ``final_fit`` (grid points train on train; only ``final_point`` refits)."""
     eff = copy.deepcopy(cfg)
     experiment.strategy_config(cfg, strategy)  # names a bad per-strategy key or value
     for key, value in cfg.per_strategy.get(strategy, {}).items():
@@ -96,11 +101,33 @@ def effective_config(cfg, strategy: str, hparams: dict) -> ml_collections.Config
                             f"{type(cfg[key]).__name__}") from None
     eff.per_strategy = {}
     eff.sweep = {}
+    eff.final_fit = ""
     return eff
 
 
-def plan(cfg) -> list:
-    """Returns every grid ``Point`` of every strategy, in run order (validated)."""
+def final_point(point: Point, chosen, digest: str) -> Point:
+    """Returns the refit of ``point`` (chosen on validation: ``chosen``, its Selection) on
+    train and val together, ``final_fit`` added to its hparams so tables tell it apart.
+
+    Its sweep hash is the grid's plus ``final_fit``: the report summarises it as a group of
+    its own, never selecting among grid points by a validation split it trained on. A probe
+    keeps the L2 the grid chose on validation (most often over the seeds), for the same
+    reason.
+    """
+    eff = copy.deepcopy(point.cfg)
+    eff.final_fit = "train+val"
+    path = experiment.training_path(point.strategy)
+    l2s = [r["probe"]["l2"] for r in chosen.records if r.get("probe")]
+    if "probe" in path and l2s:
+        eff.probe_l2_grid = [float(max(l2s, key=l2s.count))]
+    settings = run_keys.run_settings(eff.to_dict(), point.strategy, path, digest)
+    return Point(point.strategy, {**point.hparams, "final_fit": eff.final_fit}, eff, settings,
+                 run_keys.sweep_hash(settings, point.strategy, point.hparams))
+
+
+def plan(cfg, needs: list | None = None) -> list:
+    """Returns every grid ``Point`` of every strategy, in run order (validated; with a
+    ``needs`` list, missing files are noted there instead: ``experiment.validate``)."""
     points = []
     for strategy in cfg.strategies:
         grid = strategy_grid(cfg, strategy)
@@ -108,7 +135,7 @@ def plan(cfg) -> list:
         for values in itertools.product(*(grid[k] for k in keys)):
             hparams = dict(zip(keys, values))
             eff = effective_config(cfg, strategy, hparams)
-            experiment.validate(eff, only=[strategy])
+            experiment.validate(eff, only=[strategy], needs=needs)
             points.append(Point(strategy, hparams, eff))
     return points
 
@@ -141,18 +168,21 @@ class _Setup:
     def get(self, cfg) -> tuple:
         """Returns ``(model, inputs, weights path, weights digest)`` for ``cfg``."""
         key = json.dumps([cfg[k] for k in ("model", "weights", "dataset", "image_size",
-                                            "channels", "data_dir")] + [cfg.shifted.to_dict()],
-                         sort_keys=True)
+                                            "channels", "data_dir", "folder_image_size",
+                                            "final_fit")
+                                           + run_keys.TEXT_KEYS]
+                         + [cfg.shifted.to_dict(), cfg.splits.to_dict()], sort_keys=True)
         if key not in self.cache:
-            target = data.load(cfg.dataset, data_dir=cfg.data_dir or None,
-                               download=cfg.download)
-            model = experiment.create_model(cfg, target.num_classes)
-            inputs = experiment.load_inputs(cfg, cfg.dataset, model.preprocessing)
+            model = experiment.create_model(cfg, loading.dataset_classes(cfg, cfg.dataset))
+            inputs = loading.load_inputs(cfg, cfg.dataset, model.preprocessing)
             path = experiment.resolve_weights(cfg)
             if not path and cfg.pretrain.dataset:
                 # The source model follows the config as written, never a strategy's or a
                 # grid point's optimiser settings.
                 path = pretrain.source_model(self.base_cfg, self.workdir, self.log)
+                # Every process digests the finished checkpoint: the same bytes, the same
+                # run hashes, the same state directories.
+                parallel.barrier("tljax: source model saved")
             self.cache[key] = (model, inputs, path, self._digest(path))
         return self.cache[key]
 
@@ -197,6 +227,9 @@ def run(cfg, workdir: str, log=print) -> list:
     writer = jax.process_index() == 0  # one writer in a multi-process run
     results = os.path.join(workdir, "results.jsonl")
     known = report.read_results(results) if os.path.isfile(results) else []
+    # No process appends a record before every process has read the file: they all skip
+    # and run the same runs.
+    parallel.barrier("tljax: results read")
     setup = _Setup(cfg, workdir, log)
     for point in points:  # every batch is checked before anything trains
         model, inputs, _, digest = setup.get(point.cfg)
@@ -231,6 +264,7 @@ def run(cfg, workdir: str, log=print) -> list:
                                         point.strategy, int(seed), workdir, identity, log)
             record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), tljax=tljax.__version__,
                           jax=jax.__version__, host=platform.node(),
+                          processes=jax.process_count(),
                           wall_seconds=round(time.time() - start, 3))
         if writer:
             append_record(results, record)
@@ -243,6 +277,27 @@ def run(cfg, workdir: str, log=print) -> list:
             f"[{record['status']}]")
 
     seeds = [int(s) for s in cfg.seeds]
+
+    def refit(strategy: str, grid: list) -> None:
+        # final_fit: the point selected on validation, refit on train+val on every seed.
+        if not cfg.final_fit:
+            return
+        offered = {hparams_key(p.hparams): p for p in grid}
+        pool = [r for r in known + records if r.get("sweep_hash") in {p.sweep_hash for p in grid}
+                and r.get("strategy") == strategy and hparams_key(r.get("hparams")) in offered]
+        chosen_points = selection.select(pool, cfg.select_metric)
+        if not chosen_points:
+            log(f"{strategy}: no grid point finished with a finite validation "
+                f"{cfg.select_metric}; no {cfg.final_fit} refit")
+        for chosen in chosen_points:
+            point = offered[hparams_key(chosen.hparams)]
+            final = final_point(point, chosen, setup.get(point.cfg)[3])
+            experiment.check_train_batch(final.cfg, strategy, setup.get(final.cfg)[1])
+            log(f"{strategy}: selected {chosen.hparams} on validation; refitting on "
+                f"{cfg.final_fit}, seeds {seeds}")
+            for seed in seeds:
+                execute(final, seed)
+
     for strategy in cfg.strategies:
         grid = [p for p in points if p.strategy == strategy]
         n = cfg.select_seeds
@@ -251,6 +306,7 @@ def run(cfg, workdir: str, log=print) -> list:
             for seed in first:
                 execute(point, seed)
         if first == seeds:
+            refit(strategy, grid)
             continue
         # The rest of the seeds only at the selected point(s), chosen on validation.
         hashes = {p.sweep_hash for p in grid}
@@ -270,4 +326,5 @@ def run(cfg, workdir: str, log=print) -> list:
                 f"({cfg.select_metric} {chosen.val_mean:.4f}); running seeds {seeds[n:]}")
             for seed in seeds[n:]:
                 execute(point, seed)
+        refit(strategy, grid)
     return records
