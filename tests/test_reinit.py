@@ -127,3 +127,13 @@ def test_l2sp_decays_reinit_params_toward_zero_not_toward_their_random_init():
     np.testing.assert_allclose(updates["backbone"]["copied"], 0.5 * 1.0)  # alpha (w - w0)
     np.testing.assert_allclose(updates["backbone"]["fresh"], 0.1 * 4.0)  # beta w
     np.testing.assert_allclose(updates["head"]["kernel"], 0.1 * 4.0)
+
+
+def test_reinit_without_a_source_model_is_one_line(tmp_path, capsys):
+    config_file = tmp_path / "reinit.py"
+    config_file.write_text(CONFIG.format(weights=""))
+    assert cli.main(["run", str(config_file), "--workdir", str(tmp_path / "w")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tljax: error: strategy 'transfer_n:2' re-initialises params of a source model, but "
+        "there is none (weights and pretrain.dataset are both empty: random init); set one")
+    assert not (tmp_path / "w" / "results.jsonl").exists()

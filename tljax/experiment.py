@@ -210,8 +210,13 @@ def validate(cfg, only=None, needs: list | None = None) -> models.Model:
     _check_input_kind(cfg, model)
     shapes = _param_shapes(model)
     for strategy in (cfg.strategies if only is None else only):
-        strategies.labels(strategy_rules(cfg, strategy), shapes["params"], model.blocks,
-                          model=model.name)
+        rules = strategies.labels(strategy_rules(cfg, strategy), shapes["params"], model.blocks,
+                                  model=model.name)
+        if not (cfg.weights or cfg.pretrain.dataset) and strategies.reinit_paths(rules):
+            # Re-initialising a random init only draws it again: no copy/re-init contrast.
+            raise UserError(f"strategy {strategy!r} re-initialises params of a source model, "
+                            "but there is none (weights and pretrain.dataset are both empty: "
+                            "random init); set one")
         parallel.check_batch(strategy_config(cfg, strategy).batch_size,
                              jax.device_count() * cfg.accum_steps)
     return model
