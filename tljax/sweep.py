@@ -278,19 +278,28 @@ def run(cfg, workdir: str, log=print) -> list:
 
     seeds = [int(s) for s in cfg.seeds]
 
+    def selected(strategy: str, grid: list, on_seeds=None) -> list:
+        """Returns ``[(Selection, its grid Point)]``: the best point on validation per
+        (dataset, shots), over this grid's points only (a workdir may hold points of a wider
+        grid run earlier, which this config no longer offers), on ``on_seeds`` if given."""
+        hashes = {p.sweep_hash for p in grid}
+        offered = {hparams_key(p.hparams): p for p in grid}
+        pool = [r for r in known + records if r.get("sweep_hash") in hashes
+                and r.get("strategy") == strategy
+                and (on_seeds is None or r.get("seed") in on_seeds)
+                and hparams_key(r.get("hparams")) in offered]
+        return [(chosen, offered[hparams_key(chosen.hparams)])
+                for chosen in selection.select(pool, cfg.select_metric)]
+
     def refit(strategy: str, grid: list) -> None:
         # final_fit: the point selected on validation, refit on train+val on every seed.
         if not cfg.final_fit:
             return
-        offered = {hparams_key(p.hparams): p for p in grid}
-        pool = [r for r in known + records if r.get("sweep_hash") in {p.sweep_hash for p in grid}
-                and r.get("strategy") == strategy and hparams_key(r.get("hparams")) in offered]
-        chosen_points = selection.select(pool, cfg.select_metric)
+        chosen_points = selected(strategy, grid)
         if not chosen_points:
             log(f"{strategy}: no grid point finished with a finite validation "
                 f"{cfg.select_metric}; no {cfg.final_fit} refit")
-        for chosen in chosen_points:
-            point = offered[hparams_key(chosen.hparams)]
+        for chosen, point in chosen_points:
             final = final_point(point, chosen, setup.get(point.cfg)[3])
             experiment.check_train_batch(final.cfg, strategy, setup.get(final.cfg)[1])
             log(f"{strategy}: selected {chosen.hparams} on validation; refitting on "
@@ -308,20 +317,13 @@ def run(cfg, workdir: str, log=print) -> list:
         if first == seeds:
             refit(strategy, grid)
             continue
-        # The rest of the seeds only at the selected point(s), chosen on validation.
-        hashes = {p.sweep_hash for p in grid}
-        # Only this grid's points on the selection seeds: a workdir may hold points of a
-        # wider grid run earlier, which this config no longer offers.
-        offered = {hparams_key(p.hparams): p for p in grid}
-        pool = [r for r in known + records if r.get("sweep_hash") in hashes
-                and r.get("strategy") == strategy and r.get("seed") in first
-                and hparams_key(r.get("hparams")) in offered]
-        chosen_points = selection.select(pool, cfg.select_metric)
+        # The rest of the seeds only at the selected point(s), chosen on validation on the
+        # selection seeds.
+        chosen_points = selected(strategy, grid, first)
         if not chosen_points:
             log(f"{strategy}: no grid point finished with a finite validation "
                 f"{cfg.select_metric} on seeds {first}; seeds {seeds[n:]} not run")
-        for chosen in chosen_points:
-            point = offered[hparams_key(chosen.hparams)]
+        for chosen, point in chosen_points:
             log(f"{strategy}: selected {chosen.hparams} on validation "
                 f"({cfg.select_metric} {chosen.val_mean:.4f}); running seeds {seeds[n:]}")
             for seed in seeds[n:]:

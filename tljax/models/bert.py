@@ -8,7 +8,6 @@ applied (training is deterministic given the data order).
 """
 
 import dataclasses
-import re
 from typing import Sequence
 
 import flax.linen as nn
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 from tljax.errors import UserError
 from tljax.models import blocktable
 from tljax.models.layers import activation
+from tljax.weights.torch_names import renamed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,12 +221,7 @@ _HF_LEGACY = [(r"\.LayerNorm\.gamma$", ".LayerNorm.weight"),
 def hf_legacy_names(tensors: dict) -> dict:
     """Returns ``tensors`` with the TF-era ``LayerNorm.gamma/beta`` names of old BERT
     checkpoints (``bert-base-uncased``'s ``pytorch_model.bin``) as ``weight/bias``."""
-    out = {}
-    for name, array in tensors.items():
-        for pattern, repl in _HF_LEGACY:
-            name = re.sub(pattern, repl, name)
-        out[name] = array
-    return out
+    return {renamed(name, _HF_LEGACY): array for name, array in tensors.items()}
 
 
 def torch_names(pooling: str | None) -> dict:

@@ -6,7 +6,6 @@ torchvision (v1.5), a bottleneck block strides in its 3x3 conv.
 """
 
 import functools
-import re
 from typing import Sequence
 
 import flax.linen as nn
@@ -16,6 +15,7 @@ from tljax.errors import UserError, unknown
 from tljax.models import blocktable
 from tljax.models.blocktable import batch_norm
 from tljax.models.layers import Conv
+from tljax.weights.torch_names import renamed
 
 
 class Downsample(nn.Module):
@@ -194,12 +194,7 @@ def hf_to_torchvision(tensors: dict) -> dict:
 
     torchvision/timm names pass through unchanged.
     """
-    out = {}
-    for name, array in tensors.items():
-        for pattern, repl in _HF_RENAMES:
-            name = re.sub(pattern, repl, name)
-        out[name] = array
-    return out
+    return {renamed(name, _HF_RENAMES): array for name, array in tensors.items()}
 
 
 # How stored tensors map to this ResNet (weights.torch_names.to_tljax): torchvision's and

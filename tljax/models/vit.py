@@ -15,6 +15,7 @@ import numpy as np
 from tljax.errors import UserError
 from tljax.models import blocktable
 from tljax.models.layers import activation
+from tljax.weights.torch_names import renamed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,9 +200,7 @@ def hf_to_timm(tensors: dict) -> dict:
             qkv.setdefault((m[3], m[6]), {})[part] = (name, array)
             continue
         name = re.sub(r"^(vit\.)?pooler\.", "pooler.", name)
-        for pattern, repl in _HF_RENAMES:
-            name = re.sub(pattern, repl, name)
-        out[name] = array
+        out[renamed(name, _HF_RENAMES)] = array
     for (layer, leaf), parts in qkv.items():
         if len(parts) == 3:
             out[f"blocks.{layer}.attn.qkv.{leaf}"] = np.concatenate(

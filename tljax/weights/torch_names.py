@@ -81,3 +81,11 @@ def to_tljax(tensors: dict, head=(), embeddings: str = r"(?!)", ignore: str = r"
 def is_tljax_naming(tensors: dict) -> bool:
     """Returns True where the names are already tljax's (``params/...``, ``batch_stats/...``)."""
     return all(k.split("/")[0] in ("params", "batch_stats") for k in tensors)
+
+
+def renamed(name: str, rules) -> str:
+    """Returns ``name`` after each ``(regex, replacement)`` of ``rules`` in turn (a family's
+    map from another layout's names to its own)."""
+    for pattern, repl in rules:
+        name = re.sub(pattern, repl, name)
+    return name
