@@ -1,4 +1,4 @@
-"""``tljax run | launch | probe | list | report | convert``: the command line.
+"""``tljax run | launch | probe | bench | list | report | convert``: the command line.
 
 Bad input exits with code 2 and one line on stderr naming the bad value and the valid
 ones; nothing is written that claims success.
@@ -166,6 +166,12 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from tljax.bench import command
+
+    return command.main(args)
+
+
 def _cmd_probe(args) -> int:
     from tljax import config, experiment
 
@@ -268,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="validation metric that selects hyperparameters: "
                           "accuracy | macro_f1 | loss")
     rep.set_defaults(fn=_cmd_report)
+    bch = sub.add_parser("bench", help="cost of each freezing strategy: tljax's step vs the "
+                                       "masked-optax recipes vs PyTorch (step ms, compile s, "
+                                       "peak memory, flops)")
+    from tljax.bench import command as bench_command  # options only; no JAX imported
+
+    bench_command.add_arguments(bch)
+    bch.set_defaults(fn=_cmd_bench)
     return parser
 
 

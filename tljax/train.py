@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
-from sklearn.metrics import f1_score
 from tqdm.auto import tqdm
 
 
@@ -148,6 +147,13 @@ def make_eval_loss(module) -> Callable:
     return jax.jit(loss)
 
 
+def _macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Returns the macro-averaged F1 (scikit-learn's, over the classes present)."""
+    from sklearn.metrics import f1_score  # here, not at the top: its import costs ~2 s
+
+    return float(f1_score(labels, predictions, average="macro"))
+
+
 def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     """Returns ``{"accuracy", "macro_f1", "loss"}`` (mean cross-entropy) of ``logits``."""
     logits = np.asarray(logits, np.float64)
@@ -156,7 +162,7 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     predictions = logits.argmax(-1)
     return {
         "accuracy": float(np.mean(predictions == labels)),
-        "macro_f1": float(f1_score(labels, predictions, average="macro")),
+        "macro_f1": _macro_f1(labels, predictions),
         "loss": float(-np.mean(log_probs[np.arange(len(labels)), labels])),
     }
 

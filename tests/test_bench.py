@@ -1,0 +1,156 @@
+"""``tljax bench``: every method's row, the methods' updates, the torch reference, bad names."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from tljax import cli, strategies
+from tljax.bench import OPTIMIZER, methods, runner, torch_ref
+
+
+def test_bench_cli_reports_every_method_on_cnn(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "cnn", "--strategies", "linear_probe", "full_ft",
+            "--image-size", "8", "--batch", "4", "--rounds", "2", "--warmup", "1",
+            "--json", str(out), "--plot", str(tmp_path / "bench.png")]
+    assert cli.main(argv) == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    rows = {(r["strategy"], r["method"]): r for r in result["rows"]}
+    assert set(rows) == {(s, m) for s in ("linear_probe", "full_ft")
+                         for m in ("tljax", "mask_only", "mask_clip", "torch")}
+    for r in rows.values():
+        assert r["status"] == "ok", r
+        assert r["step_ms"] > 0 and r["peak_mem_mb"] > 0 and r["examples_per_s"] > 0
+        assert r["batch"] == 4 and r["image_size"] == 8 and r["steps_timed"] == 2
+        assert f"| cnn | {r['strategy']} | {r['method']} | " in table
+    for m in ("tljax", "mask_only", "mask_clip", "torch"):
+        # torch counts its own params with requires_grad: its freezing matches tljax's.
+        assert rows[("linear_probe", m)]["trainable_params"] == 128 * 10 + 10
+        assert rows[("full_ft", m)]["trainable_params"] > 50_000
+    # XLA's flop count: tljax's probe step skips the frozen backward; once the clipping
+    # norm reads every gradient (mask_clip) the probe costs what full fine-tuning does.
+    flops = {k: r["flops"] for k, r in rows.items()}
+    assert flops[("linear_probe", "tljax")] < 0.6 * flops[("full_ft", "tljax")]
+    assert flops[("linear_probe", "mask_clip")] > 0.9 * flops[("full_ft", "mask_clip")]
+    assert flops[("linear_probe", "torch")] is None
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["jax"] and machine["backend"] == "cpu"
+    assert "SGD" in machine["optimizer"] and machine["batch"] == 4
+    assert (tmp_path / "bench.png").stat().st_size > 0
+
+
+def _variables(model):
+    """The model's init with a non-zero head, so the backbone gets gradients at step 1."""
+    variables = jax.tree.map(np.asarray, model.init(jax.random.key(0)))
+    kernel = variables["params"]["head"]["kernel"]
+    variables["params"]["head"]["kernel"] = np.random.default_rng(1).normal(
+        size=kernel.shape).astype(np.float32)
+    return variables
+
+
+def _steps(model, strategy, method, variables, n=2, **settings):
+    step, state, _ = methods.build(model, strategy, method, variables, **settings)
+    x, y = methods.make_batch(model, 8)
+    for _ in range(n):
+        state, _ = step(state, x, y)
+    return traverse_util.flatten_dict(jax.tree.map(np.asarray, state.params), sep="/")
+
+
+@pytest.mark.parametrize("strategy", ["linear_probe", "last_k:1"])
+def test_masked_recipes_update_like_tljax_without_clipping(strategy):
+    # Same model, SGD, BatchNorm treatment (frozen blocks on running statistics): without
+    # clipping or decay, gradients of every param then a mask give tljax's update.
+    model = methods.make_model("cnn", 8)
+    variables = _variables(model)
+    ours = _steps(model, strategy, "tljax", variables, grad_clip=0.0, weight_decay=0.0)
+    start = traverse_util.flatten_dict(variables["params"], sep="/")
+    assert not np.allclose(ours["head/kernel"], start["head/kernel"])
+    for method in ("mask_only", "mask_clip"):
+        theirs = _steps(model, strategy, method, variables, grad_clip=0.0, weight_decay=0.0)
+        for path in ours:
+            np.testing.assert_allclose(theirs[path], ours[path], rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{method} {path}")
+
+
+def test_mask_clip_keeps_frozen_params_and_clips_over_them():
+    model = methods.make_model("cnn", 8)
+    variables = _variables(model)
+    start = traverse_util.flatten_dict(variables["params"], sep="/")
+    clip = {"grad_clip": 1e-3, "weight_decay": 0.0}
+    clipped = _steps(model, "linear_probe", "mask_clip", variables, n=1, **clip)
+    ours = _steps(model, "linear_probe", "tljax", variables, n=1, **clip)
+    for path, value in start.items():
+        if not path.startswith("head/"):  # clipping ran over it; the mask won
+            np.testing.assert_array_equal(clipped[path], value)
+    moved = lambda p: np.sqrt(sum(
+        np.sum((p[k] - start[k]) ** 2) for k in ("head/kernel", "head/bias")))
+    # tljax clips the head's gradient alone to norm 1e-3: the first update is lr x 1e-3.
+    np.testing.assert_allclose(moved(ours), OPTIMIZER["lr"] * 1e-3, rtol=1e-2)  # f32 diffs
+    # mask_clip's norm took in the frozen backbone's gradients too: the head moved less.
+    assert moved(clipped) < 0.99 * moved(ours)
+
+
+@pytest.mark.parametrize("strategy", ["last_k:1", "full_ft"])
+def test_torch_reference_takes_tljax_steps(strategy):
+    # The same cnn, weights, batch, strategy and SGD (clipping, decay, momentum): the same
+    # losses step after step, frozen BatchNorm on running statistics in both.
+    model = methods.make_model("cnn", 8)
+    variables = _variables(model)
+    step, state, rules = methods.build(model, strategy, "tljax", variables)
+    x, y = methods.make_batch(model, 8)
+    flat = traverse_util.flatten_dict(rules, sep="/")
+    stats = traverse_util.flatten_dict(
+        strategies.batch_stats_rules(rules, variables["batch_stats"], model.blocks), sep="/")
+    frozen_bn = sorted({p.rpartition("/")[0] for p, r in stats.items() if not r.trainable})
+    assert (strategy == "full_ft") == (not frozen_bn)
+    torch_step, _ = torch_ref.build(
+        "cnn", {p: r.lr_mult if r.trainable else None for p, r in flat.items()}, frozen_bn,
+        x, y, OPTIMIZER, methods.NUM_CLASSES, variables=variables)
+    ours = []
+    for _ in range(3):
+        state, metrics = step(state, x, y)
+        ours.append(float(metrics["loss"]))
+    theirs = [torch_step() for _ in range(3)]
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4)
+
+
+def test_a_crashing_child_becomes_a_failed_row():
+    spec = {"model": "cnn", "strategy": "linear_probe", "method": "mask_only", "batch": 2,
+            "image_size": 3, "optimizer": OPTIMIZER}  # below cnn's 4 px: the child raises
+    entries = [(("cnn", "linear_probe", "mask_only"), spec),
+               (("cnn", "linear_probe", "torch"), "torch skipped for this test")]
+    rows, infos = runner.run_model(entries, rounds=1, warmup=0, env=None, log=lambda m: None)
+    assert [r["status"] for r in rows] == ["failed", "skipped"]
+    assert "image_size 3" in rows[0]["reason"]
+    assert rows[1]["reason"] == "torch skipped for this test" and infos == []
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--models", "resnet1", "unknown model 'resnet1'; known:"),
+    ("--strategies", "bitfti", "unknown strategy 'bitfti'; known:"),
+    ("--methods", "pytorch", "unknown method 'pytorch'; known: mask_clip, mask_only, tljax"),
+])
+def test_bench_bad_names_exit_2_with_one_line(option, value, message, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", option, value, "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_env_of_reaches_only_its_own_child():
+    """benchmarks/cpu_config.py compares configurations through per-child environments: a
+    bad TLJAX_PATCHES_MAX_SIDE given to one child fails that child alone."""
+    spec = {"model": "cnn", "strategy": "linear_probe", "method": "tljax", "batch": 2,
+            "image_size": 16, "optimizer": OPTIMIZER}
+    bad, good = ("cnn", "linear_probe", "bad"), ("cnn", "linear_probe", "default")
+    rows, _ = runner.run_model([(bad, spec), (good, spec)], rounds=1, warmup=0, env=None,
+                               log=lambda m: None,
+                               env_of={bad: {"TLJAX_PATCHES_MAX_SIDE": "eight"}})
+    assert [r["status"] for r in rows] == ["failed", "ok"]
+    assert "TLJAX_PATCHES_MAX_SIDE must be a whole number of pixels >= 0, got 'eight'" in \
+        rows[0]["reason"]

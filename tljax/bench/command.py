@@ -1,0 +1,95 @@
+"""``tljax bench``: options -> the benchmark -> table on stdout, JSON and plot files."""
+
+import os
+import sys
+import time
+
+from tljax.bench import (
+    DEFAULT_MODELS,
+    METHODS,
+    OPTIMIZER,
+    STRATEGIES,
+    check_names,
+    optimizer_text,
+)
+from tljax.errors import UserError
+
+# --quick: ResNet-18 at 64 px, batch 32, probe and full fine-tuning, every method; under
+# 4 minutes on 2 CPU cores.
+QUICK = {"models": ["resnet18"], "strategies": ["linear_probe", "full_ft"],
+         "methods": list(METHODS), "batch": 32, "image_size": 64, "rounds": 10, "warmup": 1}
+DEFAULTS = {"models": list(DEFAULT_MODELS), "strategies": list(STRATEGIES),
+            "methods": list(METHODS), "batch": 32, "image_size": 64, "rounds": 10, "warmup": 2}
+
+
+def add_arguments(parser) -> None:
+    """Adds ``tljax bench``'s options to ``parser``."""
+    d = DEFAULTS
+    parser.add_argument("--models", nargs="+", metavar="MODEL",
+                        help=f"models (default: {' '.join(d['models'])}; any of `tljax list`)")
+    parser.add_argument("--strategies", nargs="+", metavar="STRATEGY",
+                        help=f"strategy specs (default: {' '.join(d['strategies'])}); "
+                             "linear_probe trains the head through the frozen network")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help=f"of {', '.join(METHODS)} (default: all)")
+    parser.add_argument("--batch", type=int, help=f"batch size (default: {d['batch']})")
+    parser.add_argument("--image-size", type=int,
+                        help=f"image size in px for image models (default: {d['image_size']})")
+    parser.add_argument("--rounds", type=int,
+                        help=f"timed interleaved rounds (default: {d['rounds']})")
+    parser.add_argument("--warmup", type=int,
+                        help=f"untimed rounds first (default: {d['warmup']})")
+    parser.add_argument("--json", metavar="OUT", help="write rows and machine as JSON here")
+    parser.add_argument("--plot", metavar="PNG", help="write a plot of step time and memory")
+    parser.add_argument("--quick", action="store_true",
+                        help="resnet18, 64 px, batch 32, linear_probe and full_ft, every "
+                             "method, 10 rounds (about 1 min on 2 quiet cores, < 4 min loaded); "
+                             "other options override")
+    parser.add_argument("--xla-flags", metavar="STR",
+                        help="XLA_FLAGS of every JAX child, set before it imports JAX "
+                             "(default: inherited); compare configurations with it. Write "
+                             "it with '=': --xla-flags='--xla_cpu_...=VALUE'")
+
+
+def options(args) -> dict:
+    """Returns the settings of ``args``: given options, else --quick's, else the defaults.
+    Raises ``UserError`` for an unknown name or a non-positive size or count."""
+    base = QUICK if args.quick else DEFAULTS
+    opts = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
+    check_names(opts["models"], opts["strategies"], opts["methods"])
+    for key, lo in (("batch", 1), ("image_size", 1), ("rounds", 1), ("warmup", 0)):
+        if opts[key] < lo:
+            raise UserError(f"--{key.replace('_', '-')} {opts[key]} is out of range; "
+                            f"valid: >= {lo}")
+    return opts
+
+
+def main(args) -> int:
+    """Runs ``tljax bench``; returns the exit code (1 if any row failed)."""
+    from tljax.bench import output, runner
+
+    opts = options(args)
+    for path in (args.json, args.plot):  # fail before minutes of benchmarking, not after
+        folder = os.path.dirname(os.path.abspath(path)) if path else ""
+        if path and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise UserError(f"cannot write {path!r}: no writable folder {folder!r}")
+    start = time.perf_counter()
+
+    def log(msg):
+        print(f"bench [{time.perf_counter() - start:5.0f} s]: {msg}", file=sys.stderr,
+              flush=True)
+
+    log(f"{', '.join(opts['models'])}: {len(opts['strategies'])} strategies x "
+        f"{len(opts['methods'])} methods, batch {opts['batch']}, {opts['image_size']} px")
+    rows, infos = runner.run(opts["models"], opts["strategies"], opts["methods"], opts["batch"],
+                             opts["image_size"], opts["rounds"], opts["warmup"], OPTIMIZER,
+                             args.xla_flags, log)
+    info = output.machine(infos, {"batch": opts["batch"], "image_size": opts["image_size"],
+                                  "rounds": opts["rounds"], "warmup": opts["warmup"],
+                                  "optimizer": optimizer_text()})
+    print(output.markdown(rows, info))
+    if args.json:
+        output.write_json(args.json, rows, info)
+    if args.plot:
+        output.plot(args.plot, rows, info)
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
