@@ -21,7 +21,7 @@ than full fine-tuning, and Adam at 1e-2 diverges on the whole network, so the sp
 both ends); select_seeds=1 (the cost: grid + 2 runs per strategy, not grid x 3; the price
 is a choice made on one seed's 89 validation images).
 
-Run: tljax run experiments/lp_vs_ft.py --workdir runs/lp_vs_ft   (about 8 minutes cold)
+Run: tljax run experiments/lp_vs_ft.py --workdir runs/lp_vs_ft   (7-8 minutes cold, 2 cores)
 """
 
 from tljax.config import transfer

@@ -153,3 +153,39 @@ def test_depthwise_by_slices_gradients_keep_bfloat16_and_match_float32(kernel):
                                atol=0.05 * np.abs(dk32).max())
     np.testing.assert_allclose(np.asarray(dx16, np.float32), dx32, rtol=0.05,
                                atol=0.05 * np.abs(dx32).max())
+
+
+def test_small_maps_take_the_patches_route_on_cpu_with_the_same_output(monkeypatch):
+    """On CPU a conv over a map of at most PATCHES_MAX_SIDE pixels runs as patches + one
+    matmul (faster there); a larger map, or TLJAX_PATCHES_MAX_SIDE=0, keeps XLA's conv."""
+    from tljax.models import layers
+    from tljax.models.layers import Conv
+
+    monkeypatch.delenv("TLJAX_PATCHES_MAX_SIDE", raising=False)
+    side = layers.PATCHES_MAX_SIDE
+    conv = Conv(6, (3, 3), (1, 1), padding=1)
+    x = np.random.default_rng(6).normal(size=(2, side, side, 4)).astype(np.float32)
+    variables, small = _conv_primitives(conv, x)
+    assert "conv_general_dilated" not in small
+    _, large = _conv_primitives(conv, np.zeros((2, side + 1, side + 1, 4), np.float32))
+    assert "conv_general_dilated" in large
+    monkeypatch.setenv("TLJAX_PATCHES_MAX_SIDE", "0")
+    _, off = _conv_primitives(conv, x)
+    assert "conv_general_dilated" in off
+    want = conv.apply(variables, x)
+    grad = jax.grad(lambda v: (conv.apply(v, x) ** 2).sum())
+    want_grad = grad(variables)["params"]["kernel"]
+    monkeypatch.delenv("TLJAX_PATCHES_MAX_SIDE")
+    np.testing.assert_allclose(conv.apply(variables, x), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad(variables)["params"]["kernel"], want_grad,
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_bad_patches_max_side_names_the_value(monkeypatch):
+    from tljax.errors import UserError
+    from tljax.models.layers import Conv
+
+    monkeypatch.setenv("TLJAX_PATCHES_MAX_SIDE", "eight")
+    with pytest.raises(UserError, match="TLJAX_PATCHES_MAX_SIDE must be a whole number of "
+                                        "pixels >= 0, got 'eight'"):
+        Conv(2, (3, 3), padding=1).init(jax.random.key(0), np.zeros((1, 4, 4, 2), np.float32))

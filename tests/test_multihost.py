@@ -142,10 +142,12 @@ def test_two_processes_match_one_process_with_as_many_devices(runs):
         va, vb = _variables(a), _variables(b)
         for x, y in zip(va["params"], vb["params"], strict=True):
             np.testing.assert_allclose(y, x, atol=1e-4)
-        # Running variances (values up to ~10) are sums over the batch, added up in
-        # another order across processes: relative agreement.
+        # Running statistics are sums over the batch, added up in another order across
+        # processes: relative agreement for the variances (values up to ~10), and for means
+        # near zero the params' absolute tolerance (since the 8 px convs run as patches +
+        # matmul, means of ~0.1 differ by up to 4e-5 between the two setups).
         for x, y in zip(va["batch_stats"], vb["batch_stats"], strict=True):
-            np.testing.assert_allclose(y, x, rtol=1e-4)
+            np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-4)
     # Sharding really changed between the two full_ft points, and the result did not.
     by_fsdp = {r["hparams"].get("fsdp_regex"): r for r in two}
     np.testing.assert_allclose(by_fsdp["kernel"]["metrics"]["test"]["loss"],

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tljax.errors import unknown
+from tljax.errors import UserError, unknown
 
 
 DEPTHWISE_ROUTES = ("slices", "conv")
@@ -30,6 +30,26 @@ def depthwise_route(route: str | None = None) -> str:
     return route
 
 
+# On CPU, a (non-grouped) conv over a map of at most this many pixels a side runs as
+# patches + one matmul: XLA:CPU's conv, its backward above all, is slow on small maps.
+# Medians of interleaved train steps, batch 32 (every conv <= 8 px routed vs none):
+# ResNet-18 0.82x at 64 px and 0.95x at 224 px, EfficientNet-Lite0 0.89x at 48 px, cnn 0.90x.
+PATCHES_MAX_SIDE = 8
+
+
+def patches_max_side() -> int:
+    """Returns the largest map side whose convs take the patches route on this backend:
+    ``TLJAX_PATCHES_MAX_SIDE`` if set (0: never; for benchmarks), else ``PATCHES_MAX_SIDE``
+    on CPU and 0 elsewhere (the library conv is the tuned one on GPU and TPU)."""
+    env = os.environ.get("TLJAX_PATCHES_MAX_SIDE")
+    if env is not None:
+        if not env.isdigit():
+            raise UserError(f"TLJAX_PATCHES_MAX_SIDE must be a whole number of pixels >= 0, "
+                            f"got {env!r}")
+        return int(env)
+    return PATCHES_MAX_SIDE if jax.default_backend() == "cpu" else 0
+
+
 def _pads(size: int, kernel: int, stride: int, padding) -> tuple:
     """Returns (low, high) padding: symmetric ``padding`` pixels, or TF's ``"SAME"``."""
     if padding == "SAME":  # TF: output ceil(size / stride), the odd pixel at the end
@@ -47,9 +67,11 @@ class Conv(nn.Module):
     the input channels makes it depthwise. Where the kernel is larger than the feature map
     (a 3x3 conv on ResNet's 2x2 or 1x1 last-stage maps at small inputs), XLA:CPU falls into
     a loop about 60x slower than gathering the patches and doing one contraction; that case
-    takes the patches route, with the same params and the same output. A depthwise conv
-    runs as a sum of shifted slices on CPU (``depthwise_route``; ``depthwise`` picks the
-    route for this layer), about 3x faster per EfficientNet-Lite0 train step.
+    takes the patches route, with the same params and the same output, and so does, on CPU,
+    every non-grouped conv over a map of at most ``patches_max_side()`` pixels a side. A
+    depthwise conv runs as a sum of shifted slices on CPU (``depthwise_route``;
+    ``depthwise`` picks the route for this layer), about 3x faster per EfficientNet-Lite0
+    train step.
     """
 
     features: int
@@ -69,7 +91,8 @@ class Conv(nn.Module):
         pads = (_pads(x.shape[1], kh, self.strides[0], self.padding),
                 _pads(x.shape[2], kw, self.strides[1], self.padding))
         depthwise = self.feature_group_count == cin == self.features
-        small_map = x.shape[1] < kh or x.shape[2] < kw
+        small_map = x.shape[1] < kh or x.shape[2] < kw or (
+            self.feature_group_count == 1 and max(x.shape[1:3]) <= patches_max_side())
         if depthwise and depthwise_route(self.depthwise) == "slices":
             y = _depthwise_by_slices(x, kernel.astype(x.dtype), tuple(self.strides), pads)
         elif small_map and (self.feature_group_count == 1 or depthwise):
