@@ -34,8 +34,11 @@ augmentation while fine-tuning, and tunes BatchNorm momentum; for Pets and Flowe
 reports mean per-class accuracy (as we read Section 3; not verified), we report top-1.
 
 Published numbers: the paper's per-network, per-dataset accuracies are in its appendix
-tables (logistic regression and fine-tuned, ResNet-50 row). Not verified here (we could not
-read the tables), so ``published`` is left empty rather than guessed; fill it with
+tables (logistic regression and fine-tuned, ResNet-50 row). Not verified here: no source we
+could read offline holds the tables' text, so ``published`` is left empty rather than
+recalled from memory. (A nearby figure, not Kornblith's: Ericsson et al. 2021,
+linusericsson/ssl-transfer's README, expects "close to 91.47%" on CIFAR-10 from a
+logistic-regression probe on torchvision's supervised ResNet-50.) Fill it with
 ``published = {"linear_probe": ..., "full_ft": ...}`` (fractions) and the table in
 ``published_source`` to see them beside ours in the report.
 """

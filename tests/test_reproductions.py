@@ -57,6 +57,21 @@ def test_dry_run_lists_missing_paths_and_counts_runs(capsys, tmp_path):
     assert "= 7 runs" in out and "= 4 runs" in out and "runs in all: 11" in out
 
 
+def test_bitfit_dry_run_selects_a_point_per_training_size(capsys):
+    """The BitFit miniature sweeps ``shots``: the sweep selects a learning rate per
+    training size, so the dry run counts the remaining seeds once per size."""
+    path = os.path.join(ROOT, "experiments", "benzaken2022_bitfit_mini.py")
+    code, out, _ = _dry([path], capsys)
+    assert code == 0, out
+    assert "weights all_minilm_l6_v2; dataset vader" in out
+    # linear_probe: 3 sizes on seed 0, then seeds 1 and 2 at each; bitfit and full_ft: 3
+    # learning rates x 3 sizes on seed 0, then the selected lr of each size on seeds 1, 2.
+    assert "grid: lr=[0.0001, 0.001, 0.01], shots=[8, 64, 512]; 9 points" in out
+    assert "grid: lr=[1e-05, 0.0001, 0.001], shots=[8, 64, 512]; 9 points" in out
+    assert "= 9 runs" in out and out.count("= 15 runs") == 2 and "runs in all: 39" in out
+    assert "needs: nothing more; ready to run here" in out
+
+
 @pytest.mark.parametrize("setting, message", [
     ("strategies=[\"transfer_n:99\"]", "transfer_n:99 is out of range"),
     ("sweep.bogus=[1,2]", "unknown sweep key 'bogus'"),
@@ -64,7 +79,7 @@ def test_dry_run_lists_missing_paths_and_counts_runs(capsys, tmp_path):
     ("shifted.stl=stl10:0-4@fog:3", "fog"),
     ("dataset=not_a_dataset_name", "unknown dataset 'not_a_dataset_name'"),
     ("final_fit=train", "unknown final_fit 'train'"),
-    ("published.full_ft=91.8", "give an accuracy in [0, 1]"),
+    ("published.full_ft.test=91.8", "give an accuracy in [0, 1]"),
     ("splits.train=train[:800]", "splits needs exactly the keys train, val, test"),
     ("weights=resnet50_imagenet", "weights not found: 'resnet50_imagenet'; known pretrained"),
 ])

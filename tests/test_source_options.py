@@ -10,7 +10,7 @@ import pytest
 
 from tljax import checkpoint, cli, config, data, models, pretrain
 from tljax.errors import UserError
-from tljax.report import plots
+from tljax.report import plots, transfer
 
 CONFIG = '''
 from tljax.config import transfer
@@ -96,12 +96,25 @@ def test_transfer_curves_draw_one_line_per_source_and_kind(tmp_path):
     rows = [_row(f"transfer_n{plus}:{n}", 0.9 - 0.01 * n, source)
             for source in ("AnB", "BnB") for plus in ("", "+") for n in range(4)]
     rows.append(_row("full_ft", 0.95, "AnB"))  # not a transfer_n run: not on the figure
-    lines = plots.transfer_lines(rows)
-    assert sorted(label for _, label in lines) == [
-        "AnB fine-tuned", "AnB frozen", "BnB fine-tuned", "BnB frozen"]
-    assert [n for n, _ in lines[("digits:5-9", "AnB frozen")]] == [0, 1, 2, 3]
+    lines = transfer.transfer_lines(rows)
+    assert sorted(label for _, label in lines) == ["AnB", "AnB+", "BnB", "BnB+", "base"]
+    assert [n for n, _ in lines[("digits:5-9", "AnB")]] == [1, 2, 3]
+    # N = 0 re-initialises every block: one base per dataset, whichever source ran it.
+    assert [(n, r["experiment"]) for n, r in lines[("digits:5-9", "base")]] == [(0, "AnB")]
     assert plots.transfer_curves(rows, str(tmp_path)).endswith("transfer_curves.png")
     assert plots.transfer_curves(rows[-1:], str(tmp_path)) is None
+
+
+def test_transfer_table_has_one_row_per_n_and_one_column_per_curve():
+    rows = [_row(f"transfer_n{plus}:{n}", 0.9 - 0.01 * n - (0.05 if plus else 0), source)
+            for source in ("AnB", "BnB") for plus in ("", "+") for n in range(3)
+            if not (source == "BnB" and n == 0)]
+    table = transfer.transfer_table(rows).splitlines()
+    assert table[0] == "| N | AnB | AnB+ | BnB | BnB+ |"
+    # The base (N = 0) starts every curve; N = 2, BnB+ is 0.9 - 0.02 - 0.05.
+    assert table[2] == "| 0 (base: from scratch) | " + " | ".join(["0.900 ± 0.010"] * 4) + " |"
+    assert table[4] == "| 2 | 0.880 ± 0.010 | 0.830 ± 0.010 | 0.880 ± 0.010 | 0.830 ± 0.010 |"
+    assert transfer.transfer_table([_row("full_ft", 0.9, "AnB")]) is None
 
 
 def test_keep_head_without_a_source_is_one_line(tmp_path, capsys):

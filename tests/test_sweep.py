@@ -281,3 +281,31 @@ def test_a_source_model_trained_before_new_pretrain_keys_existed_is_still_reused
         cfg = config.transfer(model=model)
         cfg.pretrain.dataset = "digits:0-4"
         assert pretrain.source_key(cfg) == "cnn-digits_0-4-500-907da004b298"
+
+
+def test_a_k_shot_run_scores_train_on_the_examples_it_trained_on(tmp_path, monkeypatch):
+    """With ``shots``, a run's train metrics are over its k-shot examples, not the whole
+    train split (which a text encoder would spend most of a few-shot run predicting)."""
+    from tljax import data, train
+
+    scored = []
+    real = train.classification_metrics
+
+    def noting(logits, labels):
+        scored.append(np.array(labels))
+        return real(logits, labels)
+
+    monkeypatch.setattr(train, "classification_metrics", noting)
+    cfg = _config(tmp_path)
+    assert _run(cfg, "--workdir", str(tmp_path / "w"), "--set", "seeds=[1]", "shots=2",
+                "steps=2", "batch_size=10", "sweep={}",
+                "strategies=[\"linear_probe\", \"full_ft\"]") == 0
+    y = data.load("digits:5-9").splits["train"].labels
+    trained_on = y[data.k_shot_indices(y, 2, 1)]
+    # One train scoring per run, each over the 10 examples trained on; none over the split.
+    trains = [labels for labels in scored if len(labels) == len(trained_on)]
+    assert len(trains) == 2 and not [labels for labels in scored if len(labels) == len(y)]
+    for labels in trains:
+        np.testing.assert_array_equal(labels, trained_on)
+    records = _records(str(tmp_path / "w"))
+    assert [r["metrics"]["train"]["accuracy"] * 10 % 1 for r in records] == [0.0, 0.0]

@@ -49,18 +49,20 @@ def _data_needs(cfgs) -> list:
     return out
 
 
-def _runs(n_points: int, seeds: int, select_seeds: int, final_fit: str) -> tuple:
-    """Returns ``(runs, how)``: how many runs one strategy costs, and why, in words."""
+def _runs(n_points: int, groups: int, seeds: int, select_seeds: int, final_fit: str) -> tuple:
+    """Returns ``(runs, how)``: how many runs one strategy costs, and why, in words.
+    ``groups``: its distinct (dataset, shots), each of which selects a point of its own."""
+    each = "" if groups == 1 else f" per (dataset, shots), {groups} of them"
     if n_points > 1 and 0 < select_seeds < seeds:
-        runs = n_points * select_seeds + seeds - select_seeds
+        runs = n_points * select_seeds + groups * (seeds - select_seeds)
         how = (f"{n_points} points x {select_seeds} seed(s), then {seeds - select_seeds} more "
-               "at the point selected on val")
+               f"at the point selected on val{each}")
     else:
         runs = n_points * seeds
         how = f"{n_points} point(s) x {seeds} seed(s)"
     if final_fit:
-        runs += seeds
-        how += f", then the selected point refit on {final_fit} x {seeds} seed(s)"
+        runs += groups * seeds
+        how += f", then the selected point{each} refit on {final_fit} x {seeds} seed(s)"
     return runs, how
 
 
@@ -81,7 +83,8 @@ def describe(cfg, source: str = "") -> str:
     total = 0
     for strategy in cfg.strategies:
         grid = [p for p in points if p.strategy == strategy]
-        runs, how = _runs(len(grid), len(seeds), cfg.select_seeds, cfg.final_fit)
+        groups = len({(p.cfg.dataset, p.cfg.shots) for p in grid})  # selection is per group
+        runs, how = _runs(len(grid), groups, len(seeds), cfg.select_seeds, cfg.final_fit)
         total += runs
         swept = sweep.strategy_grid(cfg, strategy)
         text = ", ".join(f"{k}={v}" for k, v in sorted(swept.items())) or "nothing swept"

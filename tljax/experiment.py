@@ -348,10 +348,11 @@ def run_one(cfg, model: models.Model, inputs: loading.Inputs, weights_path: str,
             f"kept in {run.state_dir}")
         return {**record, **run.record, "status": "failed", "error": str(e), "metrics": {},
                 "train_seconds": round(run.seconds, 3)}
+    labels = fit_paths.split_labels(run)  # train: the examples trained on
     metrics = {name: train.classification_metrics(run.logits[name], ys)
-               for name, (_, ys) in inputs.splits.items()}
+               for name, ys in labels.items()}
     correct = {name: encode_correct(np.argmax(run.logits[name], -1) == ys)
-               for name, (_, ys) in inputs.splits.items() if name not in ("train", "val")}
+               for name, ys in labels.items() if name not in ("train", "val")}
     ckpt = checkpoint.save_variables(
         os.path.join(workdir, "checkpoints", f"{safe}-seed{seed}-{identity['run_hash']}"),
         run.variables)
@@ -381,7 +382,7 @@ def probe_sweep(cfg, shots=(0,), seeds=(0,)) -> list:
                                 state_dir="")
             fit_paths.fit_probe(run)
             metrics = {name: train.classification_metrics(run.logits[name], ys)
-                       for name, (_, ys) in inputs.splits.items()}
+                       for name, ys in fit_paths.split_labels(run).items()}
             rows.append({"shots": int(k), "seed": int(seed), "metrics": metrics,
                          **run.record["probe"]})
     return rows

@@ -39,6 +39,9 @@ class Run:
     state_dir: str         # where the train state is checkpointed for resume
     log: object = print
     logits: dict = dataclasses.field(default_factory=dict)  # split -> logits, after a stage
+    # split -> the labels of its logits where they cover part of the split: with ``shots``,
+    # train is scored on the examples trained on (``split_labels``)
+    labels: dict = dataclasses.field(default_factory=dict)
     record: dict = dataclasses.field(default_factory=dict)  # fields for the result record
     seconds: float = 0.0   # training time, summed over stages
 
@@ -72,7 +75,9 @@ def fit_probe(run: Run) -> None:
                              inputs.num_classes, cfg.probe_solver, tuple(cfg.probe_l2_grid),
                              standardize=cfg.probe_standardize)
     run.variables["params"]["head"] = {"kernel": result.kernel, "bias": result.bias}
-    run.logits = {name: result.logits(f) for name, f in features.items()}
+    run.logits = {name: result.logits(f[idx] if name == "train" else f)
+                  for name, f in features.items()}
+    run.labels["train"] = yt[idx]
     chosen = next(r for r in result.sweep if r["l2"] == result.l2)
     # Extraction and solving are timed apart: a cache hit makes extraction nearly free, and
     # the table says which runs had one.
@@ -190,8 +195,13 @@ def fit_network(run: Run) -> None:
             checkpoint_every=cfg.checkpoint_every, post_update_loss=route.post_update_loss)
     finally:
         ckpts.close()
+    # With shots, train is scored on the examples trained on, not the whole split: cheaper
+    # (a k-shot run of a text encoder would spend most of its time predicting the unused
+    # pool) and what "train accuracy" means.
+    scored = {**run.inputs.splits, "train": (x, y)}
     run.logits = {name: route.predict(state, xs, cfg.eval_batch_size)
-                  for name, (xs, _) in run.inputs.splits.items()}
+                  for name, (xs, _) in scored.items()}
+    run.labels["train"] = y
     run.variables = _variables(route.to_host(state))
     run.record.update(steps=run_cfg.steps, history=history)
     run.seconds += seconds
@@ -199,6 +209,12 @@ def fit_network(run: Run) -> None:
 
 STAGES = {"probe": (fit_probe,), "network": (fit_network,),
           "probe+network": (fit_probe, fit_network)}
+
+
+def split_labels(run: Run) -> dict:
+    """Returns ``{split: labels}`` matching ``run.logits``: the split's own labels, or the
+    trained-on subset's for train when ``shots`` cut it."""
+    return {name: run.labels.get(name, ys) for name, (_, ys) in run.inputs.splits.items()}
 
 
 def all_finite(logits: dict) -> str:

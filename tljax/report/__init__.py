@@ -11,7 +11,7 @@ with a sample std, a t interval over seeds and a bootstrap interval over test ex
 import json
 import os
 
-from tljax.report import plots, selection, tables
+from tljax.report import plots, selection, tables, transfer
 from tljax.report.records import read_results, read_workdirs
 from tljax.report.selection import METRICS, Selection, select
 from tljax.report.stats import decode_correct, encode_correct
@@ -61,6 +61,10 @@ def _markdown(records, selections, rows, title, metric) -> str:
     pivot = tables.by_dataset_table(rows)
     if pivot:
         parts += ["## Test accuracy by dataset and strategy (selected points)", pivot]
+    curves = transfer.transfer_table(rows)
+    if curves:
+        parts += ["## Transfer of the first N blocks (test accuracy, mean ± sample std; "
+                  "SOURCE: copied blocks frozen, SOURCE+: fine-tuned)", curves]
     if any(len(sel.grid) > 1 for sel in selections):
         parts += ["## Grid", tables.grid_table(records, selections, several)]
     parts += ["## Runs", tables.runs_table(records, several)]

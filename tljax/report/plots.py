@@ -6,9 +6,9 @@ figures).
 
 import math
 import os
-import re
 
 from tljax.report.records import hparams_text
+from tljax.report.transfer import transfer_lines
 
 
 def _figure(n_panels: int = 1):
@@ -178,42 +178,39 @@ def val_vs_lr(selections: list, out_dir: str):
     return paths or None
 
 
-_TRANSFER = re.compile(r"transfer_n(\+?):(\d+)")
-
-
-def transfer_lines(rows: list) -> dict:
-    """Returns ``{(dataset, "SOURCE frozen" | "SOURCE fine-tuned"): [(N, row), ...]}`` for
-    the ``transfer_n:N`` / ``transfer_n+:N`` rows, N ascending; SOURCE is the record's
-    experiment name (one config per source model, e.g. AnB and BnB)."""
-    lines = {}
-    for r in _largest_training_set(rows):
-        m = _TRANSFER.fullmatch(r["strategy"])
-        if m and _finite(r["test"]):
-            source = r.get("experiment") or r["sweep_hash"][:6]
-            label = f"{source} {'fine-tuned' if m[1] else 'frozen'}"
-            lines.setdefault((r["dataset"], label), []).append((int(m[2]), r))
-    return {k: sorted(v, key=lambda p: p[0]) for k, v in lines.items()}
 
 
 def transfer_curves(rows: list, out_dir: str):
     """Plots test accuracy (± sample std) against the number of copied blocks N for the
-    ``transfer_n:N`` (copied blocks frozen) and ``transfer_n+:N`` (fine-tuned) strategies:
-    one line per experiment and kind, as Yosinski et al. (2014) draw AnB, BnB, AnB+ and
-    BnB+ (N = 0, every block re-initialised, is the base). None without such runs."""
-    lines = transfer_lines(rows)
+    ``transfer_n:N`` (copied blocks frozen, dashed) and ``transfer_n+:N`` (fine-tuned, solid)
+    strategies: one line per experiment and kind, as Yosinski et al. (2014) draw AnB, BnB,
+    AnB+ and BnB+, and the base (N = 0: trained from scratch) as a horizontal band. None
+    without such runs."""
+    lines = transfer_lines(_largest_training_set(rows))
     if not lines:
         return None
     datasets = list(dict.fromkeys(d for d, _ in lines))
     fig, axes = _figure(len(datasets))
     for ax, dataset in zip(axes, datasets):
+        depth = max((n for (d, _), pts in lines.items() if d == dataset for n, _ in pts),
+                    default=1)
         for (d, label), points in lines.items():
             if d != dataset:
                 continue
+            if label == "base":
+                row = points[0][1]
+                std = row["test_std"] if _finite(row["test_std"]) else 0
+                ax.axhline(row["test"], color="black", linewidth=1,
+                           label="base (N = 0: trained from scratch)")
+                ax.axhspan(row["test"] - std, row["test"] + std, color="black", alpha=0.1)
+                continue
             ax.errorbar([n for n, _ in points], [r["test"] for _, r in points],
                         yerr=[r["test_std"] if _finite(r["test_std"]) else 0 for _, r in points],
-                        marker="o", capsize=3, linestyle="--" if "frozen" in label else "-",
-                        label=label)
-        ax.set_xlabel("blocks copied from the source (N; 0 = trained from scratch)")
+                        marker="o", capsize=3, linestyle="-" if label.endswith("+") else "--",
+                        label=label + (" (copied blocks fine-tuned)" if label.endswith("+")
+                                       else " (copied blocks frozen)"))
+        ax.set_xticks(range(1, depth + 1))
+        ax.set_xlabel("blocks copied from the source (N)")
         ax.set_ylabel("test accuracy (mean ± sample std)")
         ax.set_title(f"{dataset}: transfer of the first N blocks", fontsize=10)
         ax.grid(True, alpha=0.3)
