@@ -154,3 +154,15 @@ def test_env_of_reaches_only_its_own_child():
     assert [r["status"] for r in rows] == ["failed", "ok"]
     assert "TLJAX_PATCHES_MAX_SIDE must be a whole number of pixels >= 0, got 'eight'" in \
         rows[0]["reason"]
+
+
+def test_torch_cnn_references_have_tljax_s_blocks_widths_and_pools():
+    """The torch child never imports JAX, so torch_ref writes the CNN tables out: they must
+    be tljax's (a changed width would make every cnn6 torch row time another network)."""
+    from tljax.models import cnn
+
+    assert torch_ref._CNNS["cnn"] == (tuple(n for n, _ in cnn.TABLE), (32, 64, 128),
+                                      (False, True, True))
+    assert cnn.SmallCNN.widths == (32, 64, 128) and cnn.SmallCNN.pools == (False, True, True)
+    assert torch_ref._CNNS["cnn6"] == (tuple(n for n, _ in cnn.DEEP_TABLE), cnn.DEEP_WIDTHS,
+                                       cnn.DEEP_POOLS)
