@@ -8,6 +8,7 @@ import math
 import os
 
 from tljax.report.records import hparams_text
+from tljax.report.stats import is_finite as _finite
 from tljax.report.transfer import transfer_lines
 
 
@@ -35,10 +36,6 @@ def _by_dataset(rows: list) -> dict:
     for r in rows:
         out.setdefault(r["dataset"], []).append(r)
     return out
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 def _largest_training_set(rows: list) -> list:

@@ -24,6 +24,11 @@ def decode_correct(field: dict) -> np.ndarray:
     return np.unpackbits(packed, count=n).astype(bool)
 
 
+def is_finite(x) -> bool:
+    """Returns whether ``x`` is a number other than None, NaN or infinity."""
+    return x is not None and math.isfinite(x)
+
+
 def finite(values) -> list:
     """Returns the finite floats of ``values``."""
     return [float(v) for v in values if v is not None and math.isfinite(v)]

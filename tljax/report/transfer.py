@@ -1,16 +1,12 @@
 """Yosinski et al. (2014)'s transfer curves from summary rows: AnB, AnB+, BnB, BnB+ and the
 base, for the report's table and figure."""
 
-import math
 import re
 
+from tljax.report.stats import is_finite as _finite
 from tljax.report.tables import _fmt, _table
 
 _TRANSFER = re.compile(r"transfer_n(\+?):(\d+)")
-
-
-def _finite(x) -> bool:
-    return x is not None and math.isfinite(x)
 
 
 def transfer_lines(rows: list) -> dict:
