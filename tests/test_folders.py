@@ -264,6 +264,25 @@ def test_split_folders_are_recognised_in_any_case_and_as_valid(tmp_path):
         "train": [6, 6], "val": [1, 1], "test": [2, 2]}
 
 
+def test_a_dev_folder_is_val_and_split_names_taken_as_classes_are_warned_of(tmp_path, capsys):
+    root = tmp_path / "export"
+    for split, n in (("train", 6), ("dev", 2), ("test", 2)):
+        _make(root / split, per_class=n, classes=("a", "b"), seed=n)
+    ds = data.load(str(root), data_dir=str(tmp_path / "d"))
+    assert ds.class_names == ("a", "b")
+    assert {k: np.bincount(v.labels).tolist() for k, v in ds.splits.items()} == {
+        "train": [6, 6], "val": [2, 2], "test": [2, 2]}
+    assert "warning" not in capsys.readouterr().err
+    # A stray folder beside them: every subfolder is a class, and a warning says why.
+    _make(root / "notes", per_class=3, classes=("x",), seed=9)
+    ds = data.load(str(root), data_dir=str(tmp_path / "d"))
+    assert ds.class_names == ("dev", "notes", "test", "train")
+    err = capsys.readouterr().err
+    assert (f"tljax: warning: image folder {root} has subfolders dev, test, train named like "
+            "splits, but not every subfolder is a split (notes is not), so all 4 are taken "
+            "as classes") in err
+
+
 def test_a_folder_changed_while_it_is_prepared_is_an_error_not_a_stale_copy(
         tmp_path, monkeypatch):
     # Images still being copied in when the run starts: a copy of a state the folder never

@@ -358,3 +358,23 @@ def test_a_preprocessor_config_with_a_bad_number_is_one_named_error(tmp_path, pr
     named = f"preprocessor_config.json: .*{key} {re.escape(repr(value))}"
     with pytest.raises(UserError, match=named):
         models.hub.create(str(tmp_path), 3)
+
+
+@pytest.mark.parametrize("named", ["{outside}", "../outside", "1_Pooling/../../outside"])
+def test_modules_json_cannot_make_tljax_read_outside_the_model_directory(tmp_path, named):
+    outside = tmp_path / "outside"  # a readable folder with what a Pooling config holds
+    outside.mkdir()
+    (outside / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    model = tmp_path / "models" / "minilm"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps(
+        {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "intermediate_size": 37, "vocab_size": 100,
+         "max_position_embeddings": 64}))
+    (model / "model.safetensors").write_bytes(b"")
+    path = named.format(outside=outside)
+    (model / "modules.json").write_text(json.dumps(
+        [{"idx": 1, "name": "1", "path": path, "type": "sentence_transformers.models.Pooling"}]))
+    with pytest.raises(UserError, match=r"modules.json' names '.*', which is not a path "
+                                        r"inside the model directory"):
+        models.hub.create(str(model), 2)

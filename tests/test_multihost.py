@@ -1,6 +1,8 @@
 """Multi-process runs on one machine: 2 processes x 2 CPU devices started with ``tljax
-launch`` give the results of one process with 4 devices, write each record once, resume
-after every process is SIGKILLed, and refuse pmap in one line.
+launch`` from a data dir nothing has prepared give the results of one process with 4
+devices, write each record once, resume after every process is SIGKILLed, and refuse pmap
+in one line; a process that fails alone, or is killed, ends the launch within seconds with
+one line naming it, and without the launcher its peer stops by itself.
 
 Every subprocess has a timeout, so a hang (a process waiting for a peer in a collective)
 fails the test instead of blocking the suite.
@@ -18,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tljax import data, launch, parallel
+from tljax import launch, locks, parallel, peers
 from tljax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,16 +52,16 @@ def _start(argv, log, env=None):
     return proc
 
 
-def _launch(workdir, extra=(), devices=2):
+def _launch(workdir, extra=(), devices=2, env=None, config=SELF):
     """Starts ``tljax launch`` of 2 processes x ``devices`` CPU devices on a free port."""
     return _start(["launch", "--processes", "2", "--devices-per-process", str(devices),
-                   "--port", str(launch.free_port()), "--", "run", SELF, "--workdir",
-                   str(workdir), "--set", *SETTINGS, *extra], f"{workdir}.log")
+                   "--port", str(launch.free_port()), "--", "run", str(config), "--workdir",
+                   str(workdir), "--set", *SETTINGS, *extra], f"{workdir}.log", env)
 
 
-def _single(workdir):
+def _single(workdir, env=None):
     """Starts one process with 4 forced CPU devices: the reference."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**(env or os.environ), "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
     return _start(["run", SELF, "--workdir", str(workdir), "--set", *SETTINGS],
                   f"{workdir}.log", env)
 
@@ -106,18 +108,29 @@ def runs(tmp_path_factory):
     same config run by one process with 4 devices and by 2 processes x 2 devices, side by
     side with a two-process run of its FSDP full_ft point SIGKILLed after its first
     checkpoint (resumed by the test that needs it)."""
-    data.load("digits:5-9")  # prepared once here: the runs would race to write it
     root = tmp_path_factory.mktemp("multihost")
+    # A data dir nothing has prepared: five processes start at once (one alone, two
+    # launches of two), and one of them prepares digits while the others wait for it.
+    env = {**os.environ, "TLJAX_DATA_DIR": str(root / "data")}
     started = time.perf_counter()
-    procs = {"one": _single(root / "one"), "two": _launch(root / "two")}
-    killed = _launch(root / "killed", KILLED + ["checkpoint_every=2"])
+    procs = {"one": _single(root / "one", env), "two": _launch(root / "two", env=env)}
+    killed = _launch(root / "killed", KILLED + ["checkpoint_every=2"], env=env)
     out = {"killed": (root / "killed", _kill_after_first_checkpoint(killed, root / "killed"))}
     for name, proc in procs.items():
         code, text = _finish(proc)
         assert code == 0, f"{name}:\n{text[-3000:]}"
         out[name] = (root / name, text)
         print(f"\n{name}: done after {time.perf_counter() - started:.1f}s (started together)")
+    out["logs"] = [open(f"{root / name}.log").read() for name in ("one", "two", "killed")]
     return out
+
+
+def test_one_process_prepares_the_data_the_others_wait_for(runs):
+    """Five processes needed digits in a data dir nothing had prepared: one prepared it,
+    none crashed on the others' copy (the runs above all finished)."""
+    preparing = sum(log.count("tljax: preparing the built-in dataset 'digits'")
+                    for log in runs["logs"])
+    assert preparing == 1, "\n".join(log[-2000:] for log in runs["logs"])
 
 
 def test_two_processes_match_one_process_with_as_many_devices(runs):
@@ -186,10 +199,14 @@ def test_every_process_killed_then_restarted_resumes_to_the_same_result(runs):
 def test_pmap_is_refused_in_one_line_per_process_when_there_are_several(tmp_path):
     code, text = _finish(_launch(tmp_path / "pmap", ['parallel="pmap"'], devices=1), 120)
     assert code == 2, text[-3000:]
-    errors = [line for line in text.splitlines() if "error" in line.lower()]
-    assert sorted(errors) == [
-        f"[p{i}] tljax: error: parallel='pmap' runs in one process only; this run has 2 "
-        "processes: use parallel='mesh' (the default)" for i in range(2)]
+    lines = text.splitlines()
+    why = ("parallel='pmap' runs in one process only; this run has 2 processes: use "
+           "parallel='mesh' (the default)")
+    for i in range(2):  # each says it in one line (or, a moment later, that its peer did)
+        assert any(line.startswith(f"[p{i}/2] tljax: error:") and why in line
+                   for line in lines), text[-3000:]
+    (launched,) = [line for line in lines if line.startswith("tljax: launch:")]
+    assert f"failed with exit status 2: {why}" in launched
     assert "Traceback" not in text
     assert not (tmp_path / "pmap" / "results.jsonl").exists()
 
@@ -207,3 +224,108 @@ def test_distributed_passes_the_environment_to_jax_or_lets_it_detect_the_cluster
         parallel.initialize_multihost({"JAX_COORDINATOR_ADDRESS": "h:1",
                                        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2"})
     assert len(calls) == 2
+
+
+def _children(pid: int) -> dict:
+    """Returns ``{JAX_PROCESS_ID: pid}`` of the processes ``pid`` started (Linux /proc)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != pid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+            out[int(env[b"JAX_PROCESS_ID"])] = int(entry)
+        except (OSError, ValueError, IndexError, KeyError):
+            continue
+    return out
+
+
+def test_a_process_failing_alone_ends_the_launch_within_seconds_naming_it(tmp_path):
+    """Process 1 cannot read its config; process 0 would wait for it at the first barrier,
+    and process 1 itself in JAX's shutdown for process 0."""
+    config = tmp_path / "fails_in_p1.py"
+    config.write_text(
+        "import os\n"
+        "from tljax.config import transfer\n\n\n"
+        "def get_config():\n"
+        "    if os.environ['JAX_PROCESS_ID'] == '1':\n"
+        "        raise OSError('the config share is not mounted here')\n"
+        "    return transfer(experiment='alone', dataset='digits:5-9')\n")
+    started = time.perf_counter()
+    code, text = _finish(_launch(tmp_path / "w", config=config), 120)
+    elapsed = time.perf_counter() - started
+    assert code == 2, text[-3000:]
+    (launched,) = [line for line in text.splitlines() if line.startswith("tljax: launch:")]
+    assert launched.startswith(f"tljax: launch: process 1 of 2 failed with exit status 2: "
+                               f"config {config}:7: get_config() failed: OSError: the config "
+                               "share is not mounted here")
+    assert elapsed < 60, f"{elapsed:.0f}s"  # JAX's start included; it took 123 s before
+    assert not (tmp_path / "w" / "results.jsonl").exists()
+
+
+def test_a_killed_process_ends_the_launch_within_seconds_naming_it(tmp_path):
+    workdir = tmp_path / "w"
+    proc = _launch(workdir, KILLED + ["steps=100000", "checkpoint_every=20"])
+    deadline = time.time() + TIMEOUT_S
+    while not (workdir / "state").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)  # both processes are training once the first checkpoint is there
+    while not any(d.isdigit() for _, ds, _ in os.walk(workdir / "state") for d in ds):
+        assert proc.poll() is None and time.time() < deadline, open(proc.log).read()[-3000:]
+        time.sleep(0.05)
+    pid = _children(proc.pid)[1]  # proc is `tljax launch`; its children run the processes
+    killed_at = time.perf_counter()
+    os.kill(pid, signal.SIGKILL)
+    code, text = _finish(proc, 60)
+    elapsed = time.perf_counter() - killed_at
+    assert code == 128 + signal.SIGKILL, text[-3000:]
+    (launched,) = [line for line in text.splitlines() if line.startswith("tljax: launch:")]
+    assert launched.startswith("tljax: launch: process 1 of 2 was killed by SIGKILL (exit 137)")
+    assert elapsed < 15, f"{elapsed:.1f}s"
+
+
+def test_a_process_whose_peer_is_killed_stops_by_itself_naming_it(tmp_path):
+    """Two ``--distributed`` processes without the launcher, both waiting for data that
+    another process prepares (the test holds its lock): one is SIGKILLed; the other is
+    in no collective that could fail, yet stops within its peer timeout, in one line."""
+    port = launch.free_port()
+    data_dir = tmp_path / "data"
+    procs = {}
+    with locks.held(locks.lock_path(str(data_dir), "digits"), "the test"):
+        for i in range(2):
+            env = {**launch.child_env(os.environ, i, 2, port, None),
+                   "TLJAX_DATA_DIR": str(data_dir), peers.TIMEOUT_ENV: "3"}
+            procs[i] = _start(["run", SELF, "--workdir", str(tmp_path / "w"), "--distributed",
+                               "--set", *SETTINGS], str(tmp_path / f"p{i}.log"), env)
+        deadline = time.time() + TIMEOUT_S
+        while not all("waiting for another process" in open(p.log).read()
+                      for p in procs.values()):
+            assert time.time() < deadline and all(p.poll() is None for p in procs.values()), (
+                open(procs[0].log).read()[-3000:])
+            time.sleep(0.1)
+        killed_at = time.perf_counter()
+        os.killpg(procs[1].pid, signal.SIGKILL)
+        code, text = _finish(procs[0], 60)
+    elapsed = time.perf_counter() - killed_at
+    assert code == 1, text[-3000:]
+    assert ("[p0/2] tljax: error: process 1 stopped responding (no heartbeat for 3 s: "
+            "killed, or its machine lost); stopping process 0") in text
+    assert elapsed < 15, f"{elapsed:.1f}s"
+
+
+def test_a_peer_counts_as_lost_when_its_heartbeat_stands_still_and_never_when_done():
+    seen = {1: ("", 0.0), 2: ("", 0.0)}
+    assert peers._verdict({1: "beat 1", 2: "beat 1"}, seen, 1.0, 0, 3.0) is None
+    assert peers._verdict({1: "beat 5", 2: "beat 1"}, seen, 3.5, 0, 3.0) is None
+    assert peers._verdict({1: "beat 9", 2: "beat 1"}, seen, 4.5, 0, 3.0) == (
+        "process 2 stopped responding (no heartbeat for 3 s: killed, or its machine lost); "
+        "stopping process 0")
+    assert peers._verdict({1: "done", 2: "done"}, seen, 99.0, 0, 3.0) is None
+    assert peers._verdict({1: "done", 2: "done"}, seen, 999.0, 0, 3.0) is None
+    assert peers._verdict({1: "failed tljax: error: no data", 2: "done"}, seen, 999.0, 0,
+                          3.0) == ("process 1 failed (tljax: error: no data); stopping "
+                                   "process 0")
+    assert peers._verdict({}, {1: ("", 0.0)}, 5.0, 0, 3.0).startswith(
+        "process 1 has not started")

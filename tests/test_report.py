@@ -398,3 +398,30 @@ def test_by_dataset_table_puts_strategies_side_by_side_and_names_the_best():
     assert lines[3] == "| perm | 10 | 0.100 ± 0.010 | 0.950 ± 0.010 | last | last |"
     assert tables.by_dataset_table(rows[:2]) is None  # one dataset: the summary says it all
     assert tables.by_dataset_table(rows + [row("first", "perm", 0.3, 0.2)]) is None
+
+
+def test_transfer_curves_of_two_configs_under_one_experiment_name_stay_apart():
+    """Two configs named AnB in one workdir (say, two learning rates): each is a curve of
+    its own, told apart by its settings hash, never one curve zigzagging between them."""
+    from tljax.report import tables, transfer
+
+    records = []
+    for config, accuracy in (("aaaaaa11", 0.9), ("bbbbbb22", 0.5)):
+        for n in (1, 2):
+            r = _record(strategy=f"transfer_n:{n}", sweep_hash=f"{config}-{n}",
+                        test=accuracy - n / 100, experiment="AnB")
+            r["settings_hash"] = config
+            records.append(r)
+    rows = tables.summary_rows(selection.select(records))
+    lines = transfer.transfer_lines(rows)
+    assert sorted(lines) == [("digits:5-9", "AnB [aaaaaa]"), ("digits:5-9", "AnB [bbbbbb]")]
+    assert [(n, r["test"]) for n, r in lines[("digits:5-9", "AnB [aaaaaa]")]] == [
+        (1, 0.89), (2, 0.88)]
+    assert [(n, r["test"]) for n, r in lines[("digits:5-9", "AnB [bbbbbb]")]] == [
+        (1, 0.49), (2, 0.48)]
+    table = transfer.transfer_table(rows)
+    assert "| N | AnB [aaaaaa] | AnB [bbbbbb] |" in table
+    # One config per experiment name keeps the plain label.
+    one = [r for r in records if r["settings_hash"] == "aaaaaa11"]
+    assert sorted(transfer.transfer_lines(tables.summary_rows(selection.select(one)))) == [
+        ("digits:5-9", "AnB")]

@@ -57,6 +57,18 @@ def test_dry_run_lists_missing_paths_and_counts_runs(capsys, tmp_path):
     assert "= 7 runs" in out and "= 4 runs" in out and "runs in all: 11" in out
 
 
+def test_dry_run_says_a_source_model_is_trained_first_not_random_init(capsys):
+    path = os.path.join(ROOT, "experiments", "lp_vs_ft_self_pretrained.py")
+    code, out, _ = _dry([path], capsys)
+    assert code == 0
+    model_line = out.splitlines()[1]
+    assert "random init" not in model_line
+    assert ("weights (a source model the run trains first: cnn on digits:0-4, 400 steps, "
+            "unless the workdir holds it)") in model_line
+    code, out, _ = _dry([path, "--set", 'pretrain.dataset=""'], capsys)
+    assert "weights (random init)" in out.splitlines()[1]
+
+
 def test_bitfit_dry_run_selects_a_point_per_training_size(capsys):
     """The BitFit miniature sweeps ``shots``: the sweep selects a learning rate per
     training size, so the dry run counts the remaining seeds once per size."""

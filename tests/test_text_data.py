@@ -279,19 +279,20 @@ def test_a_csv_cell_longer_than_128k_characters_is_read(tmp_path):
 
 def test_split_values_are_read_as_image_split_folders_are(tmp_path):
     # Hugging Face datasets name the split "validation"; any case, as image split folders.
-    rows = [{"text": f"t {i}", "label": i % 2, "split": ("Train", "validation", "TEST")[i // 4]}
-            for i in range(12)]
-    ds = data.load(_write(tmp_path / "hf.csv", rows))
-    assert {k: list(s.texts) for k, s in ds.splits.items()} == {
-        "train": ["t 0", "t 1", "t 2", "t 3"], "val": ["t 4", "t 5", "t 6", "t 7"],
-        "test": ["t 8", "t 9", "t 10", "t 11"]}
+    for val in ("validation", "Dev"):  # and a dev set, as a dev/ image folder
+        rows = [{"text": f"t {i}", "label": i % 2, "split": ("Train", val, "TEST")[i // 4]}
+                for i in range(12)]
+        ds = data.load(_write(tmp_path / f"hf-{val}.csv", rows))
+        assert {k: list(s.texts) for k, s in ds.splits.items()} == {
+            "train": ["t 0", "t 1", "t 2", "t 3"], "val": ["t 4", "t 5", "t 6", "t 7"],
+            "test": ["t 8", "t 9", "t 10", "t 11"]}
 
 
-def test_a_tokenizer_rewritten_in_place_is_another_run(tmp_path):
+def test_the_tokenizer_a_run_uses_is_part_of_its_identity_wherever_it_comes_from(tmp_path):
     from tljax import config, run_keys
 
     def run_hash(**overrides):
-        cfg = config.transfer(model="bert_minilm_l6", weights="all_minilm_l6_v2", **overrides)
+        cfg = config.transfer(model="bert_minilm_l6", **overrides)
         settings = run_keys.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
         return run_keys.run_hash(settings, "linear_probe", 0)
 
@@ -300,10 +301,27 @@ def test_a_tokenizer_rewritten_in_place_is_another_run(tmp_path):
     mine = tmp_path / "tok" / "tokenizer.json"
     mine.parent.mkdir()
     mine.write_bytes(open(shipped, "rb").read())
-    before = run_hash(dataset=dataset, tokenizer=str(mine.parent))
-    assert run_hash(dataset=dataset, tokenizer=str(mine)) != run_hash(dataset=dataset)
+    named = run_hash(dataset=dataset, weights="all_minilm_l6_v2", tokenizer=str(mine.parent))
+    # Its bytes count, not where it is: a file or its folder, a copy of the shipped one.
+    assert run_hash(dataset=dataset, weights="all_minilm_l6_v2", tokenizer=str(mine)) == named
+    assert run_hash(dataset=dataset, weights="all_minilm_l6_v2") == named
     mine.write_text(json.dumps(json.loads(mine.read_text()) | {"truncation": None}))
-    assert run_hash(dataset=dataset, tokenizer=str(mine.parent)) != before
+    assert run_hash(dataset=dataset, weights="all_minilm_l6_v2",
+                    tokenizer=str(mine.parent)) != named
+
+    # A tokenizer.json beside a weights file (the weights' digest covers the file alone):
+    # editing its vocabulary is another run, not a finished one.
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"not read here")
+    beside = weights.parent / "tokenizer.json"
+    beside.write_bytes(open(shipped, "rb").read())
+    before = run_hash(dataset=dataset, weights=str(weights))
+    edited = json.loads(beside.read_text())
+    edited["model"]["vocab"] = {w: (i + 1) % len(edited["model"]["vocab"])
+                                for w, i in edited["model"]["vocab"].items()}
+    beside.write_text(json.dumps(edited))
+    assert run_hash(dataset=dataset, weights=str(weights)) != before
 
 
 def test_whole_number_float_labels_are_class_indices_as_integers_are(tmp_path):

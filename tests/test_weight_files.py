@@ -6,6 +6,7 @@ writer need it (the ``torch`` fixture skips them).
 """
 
 import collections
+import json
 import os
 import pickle
 import subprocess
@@ -18,8 +19,8 @@ import pytest
 
 from tljax import cli, models, weights
 from tljax.errors import UserError
-from weight_forge import (Call, Global, Storage, storage_of, tensor, write_legacy,
-                          write_zip)
+from weight_forge import (Call, Global, Storage, safetensors_bytes, storage_of, tensor,
+                          write_legacy, write_zip)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -406,3 +407,20 @@ def test_safety_tests_run_where_torch_is_absent():
               (part.split()[:2] for part in summary.split(" in ")[0].split(", "))}
     # Only the three round trips through torch's own writer may skip.
     assert counts.get("skipped") == 3 and counts.get("passed", 0) >= 60, summary
+
+
+def test_a_safetensors_header_length_starting_with_0x80_is_read_as_safetensors(tmp_path):
+    """The format is told by structure, not by one byte: a header of 4224 bytes (0x1080)
+    starts the file with 0x80, a pickle's protocol marker (one valid file in 256)."""
+    from safetensors.numpy import load_file
+
+    values = np.arange(4, dtype=np.float32)
+    header = {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+              "__metadata__": {"pad": ""}}
+    header["__metadata__"]["pad"] = "x" * (0x1080 - len(json.dumps(header).encode()))
+    raw = safetensors_bytes(header, values.tobytes())
+    assert raw[:2] == b"\x80\x10"
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(raw)
+    np.testing.assert_array_equal(load_file(str(path))["w"], values)  # valid, says its reader
+    np.testing.assert_array_equal(weights.read(str(path))["w"], values)

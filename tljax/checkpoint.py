@@ -9,19 +9,25 @@ import orbax.checkpoint as ocp
 from tljax import parallel
 
 
-def save_variables(path: str, variables: dict) -> str:
+def save_variables(path: str, variables: dict, alone: bool = False) -> str:
     """Writes ``variables`` (``params``, ``batch_stats``) to ``path``; returns the absolute path.
 
     ``orbax.checkpoint.StandardCheckpointer().restore(path)`` returns the same tree. In a
-    multi-process run every process calls it with the same values and process 0 writes.
+    multi-process run every process calls it with the same values and process 0 writes;
+    with ``alone``, process 0 calls it by itself (the others wait for it elsewhere).
     """
     path = os.path.abspath(path)
     tree = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    options = ocp.options.MultiprocessingOptions()
     if jax.process_count() > 1:
         # Every process calls this (orbax synchronises them); with host values process 0
         # alone writes them. A one-device array would be taken for a shard of each process.
-        tree = parallel.to_host(tree)
-    with ocp.StandardCheckpointer() as ckptr:
+        tree = jax.tree.map(np.asarray, tree) if alone else parallel.to_host(tree)
+        if alone:
+            assert parallel.is_writer(), "only process 0 saves alone"
+            options = ocp.options.MultiprocessingOptions(
+                primary_host=0, active_processes={0}, barrier_sync_key_prefix="tljax-alone")
+    with ocp.StandardCheckpointer(multiprocessing_options=options) as ckptr:
         ckptr.save(path, tree, force=True)
         ckptr.wait_until_finished()
     return path

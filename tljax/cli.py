@@ -6,6 +6,7 @@ ones; nothing is written that claims success.
 
 import argparse
 import os
+import re
 import sys
 
 import numpy as np
@@ -21,9 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_run(args) -> int:
-    import jax
-
-    from tljax import config, experiment, parallel, report, sweep
+    from tljax import config, parallel
 
     if args.dry_run:  # validation and the plan only: no data, no training, nothing written
         from tljax import dryrun
@@ -34,6 +33,54 @@ def _cmd_run(args) -> int:
         return 0
     if args.distributed:  # first: JAX must not have started its backends yet
         parallel.initialize_multihost()
+        return _distributed(_run, args)
+    return _run(args)
+
+
+def _distributed(fn, args) -> int:
+    """Returns ``fn(args)`` in one process of a multi-process run, watched by and watching
+    its peers (``tljax.peers``). If it fails, the one line saying why goes to stderr and to
+    the peers, and the process exits at once: JAX's shutdown at exit would wait minutes
+    for peers that wait for it."""
+    import traceback
+
+    from tljax import parallel, peers
+
+    prefix = parallel.process_prefix()
+    peers.watch(lambda line: print(f"{prefix}{line}", file=sys.stderr))
+    try:
+        code = fn(args)
+    except UserError as e:
+        line, code = f"tljax: error: {e}", 2
+    except KeyboardInterrupt:
+        line, code = "tljax: interrupted", 130
+    except BaseException as e:  # a bug, or a lost peer: the traceback, then one line
+        traceback.print_exc()
+        line, code = f"tljax: error: {_crash_line(e)}", 1
+    else:
+        peers.finished()
+        return code
+    print(f"{prefix}{line}", file=sys.stderr)
+    peers.fail(code, line)  # never returns
+
+
+def _crash_line(e: BaseException) -> str:
+    """Returns an unexpected error of a multi-process run in one line (200 characters at
+    most); a collective that failed says so first, since its peer is the likely cause."""
+    # XLA repeats its "Error dispatching computation: " prefix once per nesting level.
+    text = re.sub(r"(Error dispatching computation: )+", "", str(e))
+    first = (text.splitlines() or [""])[0][:200]
+    if type(e).__name__ == "JaxRuntimeError" and re.search(r"Gloo|NCCL|collective", text):
+        return (f"a collective with the other processes failed ({first}); another process "
+                "has probably stopped: see its lines")
+    return f"{type(e).__name__}: {first}"
+
+
+def _run(args) -> int:
+    import jax
+
+    from tljax import config, experiment, parallel, report, sweep
+
     cfg = config.load(args.config)
     config.apply_overrides(cfg, args.set or [])
     workdir = args.workdir or os.path.join("runs", cfg.experiment)
@@ -92,7 +139,8 @@ def _cmd_list(args) -> int:
     print(f"  {'<file>.csv|.jsonl':<20} text classification: text_column, label_column "
           "(pair_column), tokenized with the weights' tokenizer to max_length")
     print(f"  {'/path/to/DIR':<20} image folder (a path with '/', without ':' or '@'): "
-          "DIR/CLASS/IMAGE split 70/10/20, or DIR/train|val|test/CLASS/IMAGE; DIR:0-4 and "
+          "DIR/CLASS/IMAGE split 70/10/20, or DIR/train|val|test/CLASS/IMAGE (val: or "
+          "validation, valid, dev); DIR:0-4 and "
           "DIR@contrast:2 as for digits; stored at folder_image_size")
     print("corruptions (a dataset view: digits@NAME:SEVERITY or digits:0-4@NAME:SEVERITY, 1-5):")
     for name, text in data.corruptions.describe().items():

@@ -66,6 +66,18 @@ def _runs(n_points: int, groups: int, seeds: int, select_seeds: int, final_fit: 
     return runs, how
 
 
+def _weights_text(cfg) -> str:
+    """Returns where the run's weights come from, in words."""
+    if cfg.weights:
+        return cfg.weights
+    p = cfg.pretrain
+    if p.dataset:
+        mix = f" + {', '.join(p.mix)}" if p.mix else ""
+        return (f"(a source model the run trains first: {cfg.model} on {p.dataset}{mix}, "
+                f"{p.steps} steps, unless the workdir holds it)")
+    return "(random init)"
+
+
 def describe(cfg, source: str = "") -> str:
     """Returns the dry run's text: the plan and ``needs:`` lines. Raises ``UserError`` (one
     line, naming the bad value) when a name or setting is invalid."""
@@ -75,7 +87,7 @@ def describe(cfg, source: str = "") -> str:
     seeds = [int(s) for s in cfg.seeds]
     lines = [f"dry run of {source or cfg.experiment}: valid; nothing trained or written",
              f"model {model.name} ({model.preprocessing.kind}), weights "
-             f"{cfg.weights or '(random init)'}; dataset {cfg.dataset}"
+             f"{_weights_text(cfg)}; dataset {cfg.dataset}"
              + (f", splits {cfg.splits.to_dict()}" if cfg.splits else "")
              + (f"; shifted {cfg.shifted.to_dict()}" if cfg.shifted else ""),
              f"seeds {seeds}; select_seeds {cfg.select_seeds or 'all'}; selection on val "

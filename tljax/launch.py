@@ -51,15 +51,28 @@ def _die_with_parent() -> None:
         pass
 
 
-def _forward(stream, out, tag: str, lock: threading.Lock) -> None:
+def _forward(stream, out, tag: str, lock: threading.Lock, errors: list) -> None:
     """Copies ``stream`` to ``out`` line by line, each marked ``tag`` unless tljax already
-    marked it with the process (``[p1/2] ...``)."""
+    marked it with the process (``[p1/2] ...``); appends each ``tljax: error`` line (its
+    mark removed) to ``errors``."""
     own = tag.rstrip("] ") + "/"
     for line in iter(stream.readline, ""):
+        text = line.split("] ", 1)[1] if line.startswith(own) else line
+        if text.startswith("tljax: error:"):
+            errors.append(text.strip())
         with lock:
             out.write(line if line.startswith(own) else f"{tag}{line}")
             out.flush()
     stream.close()
+
+
+def _why(code: int, errors: list) -> str:
+    """Returns how a process ended, in words: its exit status or signal, and its error."""
+    if code > 128 and code - 128 in signal.Signals._value2member_map_:
+        how = f"was killed by {signal.Signals(code - 128).name} (exit {code})"
+    else:
+        how = f"failed with exit status {code}"
+    return how + (f": {errors[0][len('tljax: error: '):]}" if errors else "")
 
 
 def _interrupt(signum, frame):
@@ -77,7 +90,8 @@ def launch(argv: list, processes: int, devices_per_process: int | None = None,
     exit status among those that ended on their own (0 when every one succeeded).
 
     ``argv`` is a ``run`` command line. Once one process fails, the rest are stopped
-    (SIGTERM, then SIGKILL) and their status does not count.
+    (SIGTERM, then SIGKILL) and their status does not count; one line on stderr names the
+    process that failed, how (its exit status or signal) and why (its error line).
     """
     if processes < 1:
         raise UserError(f"--processes must be >= 1; got {processes}")
@@ -92,7 +106,7 @@ def launch(argv: list, processes: int, devices_per_process: int | None = None,
         argv.append("--distributed")
     port = port or free_port()
     lock = threading.Lock()
-    procs, threads = [], []
+    procs, threads, errors = [], [], [[] for _ in range(processes)]
     for i in range(processes):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tljax.cli", *argv], text=True, bufsize=1,
@@ -101,32 +115,33 @@ def launch(argv: list, processes: int, devices_per_process: int | None = None,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None))
     for i, p in enumerate(procs):
         for stream, out in ((p.stdout, sys.stdout), (p.stderr, sys.stderr)):
-            t = threading.Thread(target=_forward, args=(stream, out, f"[p{i}] ", lock),
-                                 daemon=True)
+            t = threading.Thread(target=_forward,
+                                 args=(stream, out, f"[p{i}] ", lock, errors[i]), daemon=True)
             t.start()
             threads.append(t)
-    codes, stopped = {}, set()
+    codes, stopped, failed = {}, set(), []
 
     def stop_rest():
         for j, q in enumerate(procs):
             if q.poll() is None:
                 stopped.add(j)
-                q.terminate()
+                q.terminate()  # JAX takes SIGTERM for a preemption notice: SIGKILL follows
         deadline = time.time() + _GRACE_S
         for j in stopped:
             try:
                 procs[j].wait(max(0.0, deadline - time.time()))
             except subprocess.TimeoutExpired:
                 procs[j].kill()
+                procs[j].wait()
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         while len(codes) < processes:
-            for i, p in enumerate(procs):
-                if i not in codes and p.poll() is not None:
-                    codes[i] = _code(p.returncode)
-                    if codes[i] and i not in stopped:
-                        stop_rest()
+            ended = [i for i, p in enumerate(procs) if i not in codes and p.poll() is not None]
+            codes.update({i: _code(procs[i].returncode) for i in ended})
+            if any(codes[i] and i not in stopped for i in ended):
+                failed += [i for i in ended if codes[i] and i not in stopped]
+                stop_rest()
             time.sleep(0.05)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: take the processes down with us
         stop_rest()
@@ -135,6 +150,15 @@ def launch(argv: list, processes: int, devices_per_process: int | None = None,
         signal.signal(signal.SIGTERM, previous)
         for t in threads:
             t.join(timeout=5)
+    if failed:  # its error lines are in by now (the forwarding threads are joined)
+        # A process that stopped because it saw a peer fail (tljax.peers) names that peer:
+        # the peer is the one to report.
+        first = next((i for i in failed if not any(
+            e.endswith(f"stopping process {i}") for e in errors[i])), failed[0])
+        others = sorted(stopped)
+        print(f"tljax: launch: process {first} of {processes} {_why(codes[first], errors[first])}"
+              + (f"; stopped process{'es' if len(others) > 1 else ''} "
+                 f"{', '.join(map(str, others))}" if others else ""), file=sys.stderr)
     return max((c for i, c in codes.items() if i not in stopped), default=0)
 
 

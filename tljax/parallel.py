@@ -87,6 +87,32 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+# A day is the longest ``wait_for_writer`` waits (the coordination service needs a limit).
+_WRITER_WAIT_MS = 24 * 3600 * 1000
+
+
+def writer_done(name: str) -> None:
+    """Tells the other processes that process 0 has made ``name`` (a no-op elsewhere, and
+    with one process); ``wait_for_writer(name)`` returns once it has."""
+    if jax.process_count() > 1 and is_writer():
+        from jax._src import distributed
+
+        distributed.global_state.client.key_value_set(f"tljax/made/{name}", "1")
+
+
+def wait_for_writer(name: str) -> None:
+    """Waits until process 0 has called ``writer_done(name)``; returns nothing.
+
+    Unlike a collective, it has no short timeout: process 0 may take hours to make what
+    it makes (a dataset, a source model). If process 0 fails meanwhile, this process is
+    stopped (``tljax.peers``)."""
+    if jax.process_count() > 1 and not is_writer():
+        from jax._src import distributed
+
+        distributed.global_state.client.blocking_key_value_get(f"tljax/made/{name}",
+                                                                _WRITER_WAIT_MS)
+
+
 def from_writer(value):
     """Returns process 0's ``value`` (a pytree of arrays of the same shapes on every
     process) on every process."""

@@ -2,19 +2,22 @@
 
 A run is identified by ``run_hash``: the result-affecting settings of its effective config
 (per-strategy overrides and swept values applied), its strategy and seed, and the
-*content* of its weights (a digest of the file or checkpoint, never its path) and of an
-image folder it reads (its files' paths, sizes and mtimes: ``tljax.data.folders``) or text
-file it reads (a digest of its bytes). Settings
-that cannot change a result (logging, checkpoint cadence, eval batch size, cache and data
-paths) are left out, so changing them neither reruns a finished run nor abandons a
-resumable checkpoint. ``sweep_hash`` is the same without the swept keys and the seed: the
-records of one sweep of one strategy under one config share it, and reports never average
-records whose ``sweep_hash`` differs.
+*content* of its weights (a digest of the file or checkpoint, never its path), of the
+tokenizer a text run uses (wherever it comes from), of an image folder it reads (its
+files' paths, sizes, mtimes, ctimes and inodes: ``tljax.data.folders``) and of a text
+file it reads (a digest of its bytes). Settings that cannot change a result (logging,
+checkpoint cadence, eval batch size, cache and data paths) are left out, so changing them
+neither reruns a finished run nor abandons a resumable checkpoint. ``sweep_hash`` is the
+same without the swept keys (and what is derived from them) and the seed: the records of
+one sweep of one strategy under one config share it, and reports never average records
+whose ``sweep_hash`` differs. ``settings_hash`` is the same again without the strategy.
 """
 
 import hashlib
 import json
 import os
+
+from tljax import files
 
 # Keys that cannot change a run's result, or that are resolved before hashing (the
 # strategy list and per-strategy overrides become the run's own strategy and settings).
@@ -37,56 +40,51 @@ TEXT_KEYS = ("text_column", "label_column", "pair_column", "max_length", "tokeni
 FOLDER_KEYS = ("folder_image_size",)
 
 
+def _specs(cfg_dict: dict) -> list:
+    """Returns the dataset specs a run reads: its dataset and its shifted test sets."""
+    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
+    return [spec for spec in specs if spec]
+
+
 def _reads_text(cfg_dict: dict) -> bool:
     from tljax.data.datasets import kind, parse_spec
 
-    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
-    return any(kind(parse_spec(spec)[0]) == "text" for spec in specs if spec)
+    return any(kind(parse_spec(spec)[0]) == "text" for spec in _specs(cfg_dict))
 
 
-_FILE_DIGESTS = {}  # (path, size, mtime) -> sha256: a large text file is hashed once
-
-
-def _text_contents(cfg_dict: dict) -> dict:
-    """Returns ``{path: sha256 of its bytes}`` for each text file (.csv/.jsonl) the run
-    reads, and the tokenizer file that a ``tokenizer`` setting names: an edited file is
-    another dataset, as weights are."""
-    from tljax.data.datasets import parse_spec
-    from tljax.data.textfiles import is_text_file
-
-    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
-    names = [name for name in sorted({parse_spec(spec)[0] for spec in specs if spec})
-             if is_text_file(name)]
-    tokenizer = cfg_dict.get("tokenizer") or ""
-    if tokenizer and _reads_text(cfg_dict):  # a file given by path may be rewritten in place
-        names.append(os.path.join(tokenizer, "tokenizer.json") if os.path.isdir(tokenizer)
-                     else tokenizer)
-    out = {}
-    for name in names:
-        if os.path.isfile(name):
-            st = os.stat(name)
-            key = (os.path.abspath(name), st.st_size, st.st_mtime_ns)
-            if key not in _FILE_DIGESTS:
-                h = hashlib.sha256()
-                with open(name, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                _FILE_DIGESTS[key] = h.hexdigest()
-            out[name] = _FILE_DIGESTS[key]
-    return out
-
-
-def _folder_contents(cfg_dict: dict) -> dict:
-    """Returns ``{path: key of its content}`` for each image folder the run reads: a
-    folder with an image added, removed or touched is another dataset, as weights are."""
+def folder_contents(specs) -> dict:
+    """Returns ``{path: key of its content}`` for each image folder ``specs`` read: the key
+    covers its images' paths, sizes, mtimes, ctimes and inodes, not the size it is stored
+    at (``tljax.data.folders.content_key``). An edited folder is another dataset, as
+    edited weights are."""
     from tljax.data import folders
     from tljax.data.datasets import parse_spec
 
-    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
-    names = {parse_spec(spec)[0] for spec in specs if spec}
-    size = int(cfg_dict.get("folder_image_size") or 0)
-    return {name: folders.folder_key(folders.scan(name), size)
-            for name in sorted(names) if folders.is_folder_spec(name)}
+    names = sorted({parse_spec(spec)[0] for spec in specs if spec})
+    return {name: folders.content_key(folders.scan(name)) for name in names
+            if folders.is_folder_spec(name)}
+
+
+def text_contents(specs) -> dict:
+    """Returns ``{path: sha256 of its bytes}`` for each text file (.csv, .jsonl) ``specs``
+    read."""
+    from tljax.data.datasets import parse_spec
+    from tljax.data.textfiles import is_text_file
+
+    names = sorted({parse_spec(spec)[0] for spec in specs if spec})
+    return {name: files.digest(name) for name in names
+            if is_text_file(name) and os.path.isfile(name)}
+
+
+def tokenizer_digest(cfg_dict: dict) -> str:
+    """Returns the digest of the tokenizer.json a text run tokenizes with: the one
+    ``tokenizer`` names, else the one shipped with the weights (a file beside a weights
+    file is not part of the weights' own digest)."""
+    from tljax import text
+    from tljax.models import zoo
+
+    return files.digest(text.find_tokenizer(cfg_dict.get("tokenizer") or "",
+                                           zoo.resolve(cfg_dict.get("weights") or "")))
 
 
 def _digest(obj) -> str:
@@ -101,17 +99,20 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
     its weights, a self-pretrained source's included ('' for random init).
     """
     drop = set(NON_RESULT_KEYS) | set(IGNORED_BY_PATH[path])
-    if not _reads_text(cfg_dict):
+    text_run = _reads_text(cfg_dict)
+    if not text_run:
         drop |= set(TEXT_KEYS)
-    contents = _folder_contents(cfg_dict)
+    contents = folder_contents(_specs(cfg_dict))
     if not contents:
         drop |= set(FOLDER_KEYS)
     settings = {k: v for k, v in cfg_dict.items() if k not in drop}
     if contents:
         settings["folder_contents"] = contents
-    texts = _text_contents(cfg_dict)
+    texts = text_contents(_specs(cfg_dict))
     if texts:
         settings["text_contents"] = texts
+    if text_run:  # the tokenizer's bytes, wherever it comes from, not its path
+        settings["tokenizer"] = tokenizer_digest(cfg_dict)
     rules = cfg_dict.get("rules", {})
     if strategy in rules:  # only this strategy's own rule list matters
         settings["rules"] = rules[strategy]
@@ -135,33 +136,55 @@ def run_hash(settings: dict, strategy: str, seed: int) -> str:
     return _digest({"settings": settings, "strategy": strategy, "seed": int(seed)})[:16]
 
 
+# Settings ``run_settings`` derives from other keys' values (a digest of what they name):
+# a sweep over one of those keys changes them too, so the sweep hash drops them with it.
+DERIVED_FROM = {"tokenizer": ("tokenizer", "weights"), "folder_contents": ("dataset",),
+                "text_contents": ("dataset",)}
+
+
+def _unswept(settings: dict, swept_keys) -> dict:
+    """Returns ``settings`` less the swept keys and what is derived from them."""
+    swept = set(swept_keys)
+    drop = swept | {k for k, sources in DERIVED_FROM.items() if swept & set(sources)}
+    return {k: v for k, v in settings.items() if k not in drop}
+
+
 def sweep_hash(settings: dict, strategy: str, swept_keys) -> str:
     """Returns the identity of the sweep a run belongs to: its settings less the swept keys
-    (and the seed), so every grid point and seed of one strategy's sweep shares it."""
-    rest = {k: v for k, v in settings.items() if k not in set(swept_keys)}
-    return _digest({"settings": rest, "strategy": strategy})[:16]
+    and what is derived from them (``DERIVED_FROM``), and less the seed, so every grid
+    point and seed of one strategy's sweep shares it."""
+    return _digest({"settings": _unswept(settings, swept_keys), "strategy": strategy})[:16]
+
+
+def settings_hash(settings: dict, swept_keys) -> str:
+    """Returns the identity of the config a run comes from, whatever its strategy: the
+    sweep hash's settings without the strategy (nor its own rule list). The strategies of
+    one config share it where their effective settings agree, so a report can tell two
+    configs of one experiment name apart (``tljax.report.transfer``)."""
+    rest = {k: v for k, v in _unswept(settings, swept_keys).items() if k != "rules"}
+    return _digest({"settings": rest})[:16]
 
 
 def weights_digest(path: str, cache: dict | None = None) -> str:
     """Returns a sha256 of the weights' bytes: a file's content, or every file of a
-    checkpoint directory with its relative path. ``cache`` (path, size, mtime -> digest)
-    spares rereading an unchanged file."""
+    checkpoint directory with its relative path. ``cache`` (path and every file's
+    ``tljax.files.stamp`` -> digest) spares rereading unchanged files."""
     if not path:
         return ""
-    files = [path] if os.path.isfile(path) else sorted(
+    paths = [path] if os.path.isfile(path) else sorted(
         os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
     if os.path.isfile(os.path.join(path, "config.json")):  # a Hugging Face model directory:
         # .git/ and .cache/huggingface/ (a clone, `huggingface-cli download --local-dir`)
         # are rewritten by the tools, never read as the model.
-        files = [f for f in files if not any(
+        paths = [f for f in paths if not any(
             part.startswith(".") for part in os.path.relpath(f, path).split(os.sep))]
-    stamp = json.dumps([(os.path.relpath(f, path) if f != path else "", os.path.getsize(f),
-                         os.stat(f).st_mtime_ns) for f in files])
+    stamp = json.dumps([(os.path.relpath(f, path) if f != path else "", *files.stamp(f))
+                        for f in paths])
     key = f"{os.path.abspath(path)}|{stamp}"
     if cache is not None and key in cache:
         return cache[key]
     h = hashlib.sha256()
-    for f in files:
+    for f in paths:
         h.update((os.path.relpath(f, path) if f != path else "").encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):

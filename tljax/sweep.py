@@ -179,12 +179,30 @@ class _Setup:
             if not path and cfg.pretrain.dataset:
                 # The source model follows the config as written, never a strategy's or a
                 # grid point's optimiser settings.
+                # Process 0 trains it; every process then digests the same checkpoint: the
+                # same bytes, the same run hashes, the same state directories.
                 path = pretrain.source_model(self.base_cfg, self.workdir, self.log)
-                # Every process digests the finished checkpoint: the same bytes, the same
-                # run hashes, the same state directories.
-                parallel.barrier("tljax: source model saved")
             self.cache[key] = (model, inputs, path, self._digest(path))
         return self.cache[key]
+
+
+def _check_one_sweep_per_group(points: list) -> None:
+    """Raises ``RuntimeError`` (a bug in tljax) where the grid points of one (strategy,
+    dataset, shots) got different sweep hashes: selection compares only points of one
+    sweep hash, so each point would be "selected" alone and reported without a choice on
+    validation. A setting derived from a swept key must be dropped with it
+    (``run_keys.DERIVED_FROM``)."""
+    hashes = {}
+    for p in points:
+        hashes.setdefault((p.strategy, p.cfg.dataset, p.cfg.shots), {})[p.sweep_hash] = p
+    for (strategy, dataset, shots), by_hash in hashes.items():
+        if len(by_hash) > 1:
+            a, b = list(by_hash.values())[:2]
+            differ = sorted(k for k in set(a.settings) | set(b.settings)
+                            if a.settings.get(k) != b.settings.get(k) and k not in a.hparams)
+            raise RuntimeError(f"tljax bug: the grid of {strategy} on {dataset} (shots "
+                               f"{shots}) has {len(by_hash)} sweep hashes; settings that "
+                               f"differ between points: {', '.join(differ)}")
 
 
 def append_record(path: str, record: dict) -> None:
@@ -237,13 +255,15 @@ def run(cfg, workdir: str, log=print) -> list:
         point.settings = run_keys.run_settings(point.cfg.to_dict(), point.strategy,
                                                experiment.training_path(point.strategy), digest)
         point.sweep_hash = run_keys.sweep_hash(point.settings, point.strategy, point.hparams)
+    _check_one_sweep_per_group(points)
     records = []
 
     def execute(point: Point, seed: int) -> None:
         model, inputs, weights_path, _ = setup.get(point.cfg)
         identity = {"hparams": point.hparams,
                     "run_hash": run_keys.run_hash(point.settings, point.strategy, seed),
-                    "sweep_hash": point.sweep_hash}
+                    "sweep_hash": point.sweep_hash,
+                    "settings_hash": run_keys.settings_hash(point.settings, point.hparams)}
         label = f"{point.strategy} seed {seed}" + "".join(
             f" {k}={v}" for k, v in point.hparams.items())
         done = [r for r in known + records if r.get("status") == "ok"

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from tljax import files, locks
 from tljax.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -67,8 +68,7 @@ def check_vocab(tokenizer_path: str, vocab_size: int, model: str) -> None:
     """Raises ``UserError`` when the tokenizer at ``tokenizer_path`` can give an id of
     ``vocab_size`` or more: JAX clamps such an embedding lookup to the last row instead of
     failing, so a mismatched tokenizer would train on silently wrong inputs."""
-    st = os.stat(tokenizer_path)
-    largest = _largest_id(tokenizer_path, st.st_size, st.st_mtime_ns)
+    largest = _largest_id(tokenizer_path, files.stamp(tokenizer_path))
     if largest >= vocab_size:
         raise UserError(f"tokenizer {tokenizer_path!r} gives token ids up to {largest}; model "
                         f"{model!r} has vocab_size {vocab_size} (ids 0..{vocab_size - 1}); "
@@ -76,10 +76,10 @@ def check_vocab(tokenizer_path: str, vocab_size: int, model: str) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _largest_id(path: str, size: int, mtime_ns: int) -> int:
+def _largest_id(path: str, stamp: tuple) -> int:
     """Returns the largest id of the tokenizer at ``path`` (-1 for none); loading one takes
-    0.2 s, and a sweep validates every grid point (size and mtime key the cache only)."""
-    del size, mtime_ns
+    0.2 s, and a sweep validates every grid point (``stamp`` keys the cache only)."""
+    del stamp
     return max(load_tokenizer(path).get_vocab(with_added_tokens=True).values(), default=-1)
 
 
@@ -100,14 +100,24 @@ def encode_split(split, tokenizer_path: str, max_tokens: int, cache_dir: str = "
         for t in ([] if column is None else column):
             b = str(t).encode()
             h.update(len(b).to_bytes(8, "little") + b)  # length-prefixed: no ambiguity
-    path = os.path.join(cache_dir, f"tokens-{h.hexdigest()[:32]}.npy") if cache_dir else ""
-    if path and os.path.isfile(path):
+    if not cache_dir:
+        return _encode_split(split, tokenizer_path, max_tokens)
+    name = f"tokens-{h.hexdigest()[:32]}"
+    path = os.path.join(cache_dir, f"{name}.npy")
+    if os.path.isfile(path):
         return np.load(path)
-    tokens = encode(load_tokenizer(tokenizer_path), [str(t) for t in split.texts], max_tokens,
-                    None if split.pairs is None else [str(t) for t in split.pairs])
-    if path:
-        os.makedirs(cache_dir, exist_ok=True)
+    # One process tokenizes; the others (of a multi-process run, or runs sharing the
+    # cache) wait for it and read its file.
+    with locks.held(locks.lock_path(cache_dir, name), "tokenizing a text split"):
+        if os.path.isfile(path):
+            return np.load(path)
+        tokens = _encode_split(split, tokenizer_path, max_tokens)
         tmp = f"{path}.{os.getpid()}.tmp.npy"
         np.save(tmp, tokens)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+        os.replace(tmp, path)  # atomic: a reader without the lock never sees half a file
     return tokens
+
+
+def _encode_split(split, tokenizer_path: str, max_tokens: int) -> np.ndarray:
+    return encode(load_tokenizer(tokenizer_path), [str(t) for t in split.texts], max_tokens,
+                  None if split.pairs is None else [str(t) for t in split.pairs])

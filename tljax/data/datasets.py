@@ -22,6 +22,7 @@ import sys
 
 import numpy as np
 
+from tljax import locks
 from tljax.data import corruptions, textfiles
 from tljax.errors import UserError, unknown
 
@@ -195,8 +196,15 @@ def _prepared_builder(name: str, data_dir: str, download: bool, folder_dir: str 
         else:
             raise UserError(f"dataset {name!r} is not prepared under {data_dir}; "
                             "set download=True or prepare it with tfds")
-        print(f"tljax: preparing {what} in {builder.data_dir}", file=sys.stderr)
-        builder.download_and_prepare(file_format="array_record")
+        # One process prepares; the others (of a multi-process run, or other runs sharing
+        # the data dir) wait, then find it prepared: two preparers would race to rename
+        # their copies into place, and one would fail.
+        with locks.held(locks.lock_path(data_dir, name), f"preparing dataset {name!r}"):
+            builder = _builder(name, data_dir)
+            if builder.is_prepared():
+                return builder
+            print(f"tljax: preparing {what} in {builder.data_dir}", file=sys.stderr)
+            builder.download_and_prepare(file_format="array_record")
     return builder
 
 

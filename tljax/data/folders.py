@@ -6,7 +6,7 @@ A dataset spec that contains ``/`` is a path (``/data/pets``, ``./pets``, ``../p
 
 - ``ROOT/CLASS/.../IMAGE``: split 70/10/20, stratified by class, with the fixed seed of
   ``digits`` (``tljax.data.digits.split_indices``); or
-- ``ROOT/train/CLASS/...``, ``ROOT/val/CLASS/...`` (or ``validation``, ``valid``),
+- ``ROOT/train/CLASS/...``, ``ROOT/val/CLASS/...`` (or ``validation``, ``valid``, ``dev``),
   ``ROOT/test/CLASS/...`` when every subfolder of ROOT is a split name (in any case:
   ``Train``): the user's splits are kept; without a
   ``val`` folder, val is 10% of train (stratified, same seed); ``test`` is required.
@@ -38,10 +38,12 @@ skipped and named on stderr with a count (the full list is written beside the da
 a class left with no training image is an error. The result is a TFDS dataset written as
 array_record with the same ``Tensor`` features as ``digits``, under
 ``DATA_DIR/tljax_image_folder/KEY/``, where KEY hashes the folder's absolute path, its
-image files' relative paths, sizes and mtimes, and the size setting: a second run reads it without
-decoding anything, and a folder with an image added, removed or touched is prepared
-again (the older copy of the same folder is removed). ``sources`` gives a random-access
-source per split for readers that stream.
+image files' relative paths, sizes, mtimes, ctimes and inodes, and the size setting: a
+second run reads it without decoding anything, and a folder with an image added,
+removed, touched or replaced (even by one of the same size with its mtime kept) is
+prepared again (the older copy of the same folder is removed). One process prepares a
+folder; others that need it meanwhile wait for it (``tljax.locks``). ``sources`` gives a
+random-access source per split for readers that stream.
 """
 
 import concurrent.futures
@@ -55,14 +57,15 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tljax import locks
 from tljax.data import digits
 from tljax.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 TEXT_EXTENSIONS = (".csv", ".jsonl")  # a path with these suffixes is a text dataset
-# Split folder names, matched in any case (Kaggle's Train/Test, Roboflow's valid).
+# Split folder names, matched in any case (Kaggle's Train/Test, Roboflow's valid, dev sets).
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "valid": "val",
-                 "test": "test"}
+                 "dev": "val", "test": "test"}
 SPLITS = ("train", "val", "test")
 AUTO_SIZE_CAP = 256
 VAL_FRACTION = 0.1  # of train, where fixed splits come without a val folder
@@ -95,8 +98,8 @@ class Scan:
 
     ``files`` maps each split folder (``train``/``val``/``test``) to ``(relative path,
     label)`` pairs, or ``None`` to every image when the folder has no split folders;
-    ``stamp`` is ``(relative path, bytes, mtime ns)`` per image; ``ignored`` the relative
-    paths of everything that is not an image.
+    ``stamp`` is ``(relative path, bytes, mtime ns, ctime ns, inode)`` per image;
+    ``ignored`` the relative paths of everything that is not an image.
     """
 
     root: str
@@ -184,15 +187,23 @@ def scan(path: str) -> Scan:
             try:
                 st = os.stat(os.path.join(root, rel))
             except OSError:  # a dangling link, a file gone since listed: skipped when decoded
-                stamp.append((rel, -1, -1))
+                stamp.append((rel, -1, -1, -1, -1))
                 continue
-            stamp.append((rel, st.st_size, st.st_mtime_ns))
+            # The ctime and inode too: an image swapped for another of the same size with
+            # its mtime kept (cp -p, rsync -t, tar -x) still changes them.
+            stamp.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     return Scan(root, classes, files, tuple(sorted(stamp)), tuple(sorted(ignored)))
 
 
+def content_key(s: Scan) -> str:
+    """Returns the key of what a folder holds: a hash of its absolute path, its images'
+    relative paths and stamps (size, mtime, ctime, inode) and ``FORMAT``."""
+    blob = json.dumps([FORMAT, s.root, s.stamp])
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 def folder_key(s: Scan, image_size: int) -> str:
-    """Returns the key of a prepared copy: a hash of the folder's absolute path, its
-    images' relative paths, sizes and mtimes, the size setting and ``FORMAT``."""
+    """Returns the key of a prepared copy: ``content_key`` with the size setting."""
     blob = json.dumps([FORMAT, s.root, int(image_size), s.stamp])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -366,7 +377,13 @@ def prepare(path: str, data_dir: str | None = None, image_size: int = 0) -> Prep
     tfds_dir = os.path.join(data_dir, BUILDER, key, "1.0.0")
     if os.path.exists(os.path.join(tfds_dir, "dataset_info.json")):
         return Prepared(tfds_dir, s.root, s.classes)
-    return _write(path, s, key, data_dir, image_size)
+    # One process decodes; the others wait for it, then read its copy (two writers would
+    # race to rename their copies into place).
+    with locks.held(locks.lock_path(data_dir, f"{BUILDER}-{key}"),
+                    f"preparing image folder {path}"):
+        if os.path.exists(os.path.join(tfds_dir, "dataset_info.json")):
+            return Prepared(tfds_dir, s.root, s.classes)
+        return _write(path, s, key, data_dir, image_size)
 
 
 def _write(path: str, s: Scan, key: str, data_dir: str, image_size: int) -> Prepared:
@@ -374,6 +391,14 @@ def _write(path: str, s: Scan, key: str, data_dir: str, image_size: int) -> Prep
 
     plan, bad, sizes, grey = _plan(s)
     _check_splits(path, s, {split: len(items) for split, items in plan.items()})
+    split_like = [c for c in s.classes if c.lower() in SPLIT_FOLDERS]
+    if None in s.files and split_like:  # e.g. train/ dev/ test/ plus one stray folder
+        others = [c for c in s.classes if c not in split_like]
+        print(f"tljax: warning: image folder {s.root} has subfolders "
+              f"{', '.join(split_like)} named like splits, but not every subfolder is a "
+              f"split ({', '.join(others[:_NAMED])} is not), so all {len(s.classes)} are "
+              f"taken as classes; for split folders keep only train/, val/ (or validation/, "
+              f"valid/, dev/) and test/ under it", file=sys.stderr)
     size = image_size or min(AUTO_SIZE_CAP, max((min(wh) for wh in sizes), default=1))
     n = sum(len(v) for v in plan.values())
     config = _Config(name=key, size=size, channels=1 if grey else 3, classes=s.classes)

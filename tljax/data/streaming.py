@@ -29,6 +29,7 @@ import threading
 
 import numpy as np
 
+from tljax import files
 from tljax.data import corruptions, datasets
 from tljax.data.pipeline import preprocess
 from tljax.errors import UserError
@@ -299,13 +300,12 @@ class _EpochOrder:
 
 
 def files_digest(paths) -> str:
-    """Returns a digest of the files' names, sizes and modification times: prepared
+    """Returns a digest of the files' names and stamps (``tljax.files.stamp``): prepared
     array_record files are written once, so these name their content without reading
-    it (a re-prepared dataset gets new times, hence a new digest)."""
+    it (a re-prepared or copied-in dataset gets new ctimes, hence a new digest)."""
     h = hashlib.sha256()
     for path in sorted(paths):
-        st = os.stat(path)
-        h.update(f"{os.path.basename(path)}:{st.st_size}:{st.st_mtime_ns}|".encode())
+        h.update(f"{os.path.basename(path)}:{files.stamp(path)}|".encode())
     return h.hexdigest()
 
 
@@ -349,9 +349,9 @@ def _open_full(name: str, data_dir: str, download: bool, split_map: tuple,
     info = builder.info
     keys = {}
     for ours, theirs in split_map:
-        files = [os.path.join(builder.data_dir, f)
+        paths = [os.path.join(builder.data_dir, f)
                  for f in info.splits[theirs.split("[")[0]].filenames]
-        keys[ours] = f"{name}/{theirs}:{files_digest(files)[:32]}"
+        keys[ours] = f"{name}/{theirs}:{files_digest(paths)[:32]}"
     label_feature = info.features[label_key]
     return _Full(label_feature.num_classes, tuple(label_feature.names), image_key, sources,
                  _labels(name, data_dir, download, split_map, label_key, image_key, folder),

@@ -12,8 +12,8 @@ Labels: where every label is a whole number (a JSON int, or a CSV cell such as `
 integers are the class indices as given and must cover ``0..k-1``; otherwise every label
 is read as a string and the sorted distinct strings are the classes ``0..k-1``.
 
-Splits: a ``split`` column whose values are ``train``, ``val`` (or ``validation``) and
-``test``, in any case, fixes them;
+Splits: a ``split`` column whose values are ``train``, ``val`` (or ``validation``,
+``valid``, ``dev``) and ``test``, in any case, fixes them;
 without one the examples are split 70/10/20, stratified by class, with the fixed seed of
 ``digits`` (``tljax.data.digits.split_indices``), so every class needs ``MIN_PER_CLASS``
 examples. Tokenization is not done here: the data layer knows no model, and the text
@@ -29,6 +29,7 @@ import re
 
 import numpy as np
 
+from tljax import files
 from tljax.errors import UserError
 
 EXTENSIONS = (".csv", ".jsonl")
@@ -36,7 +37,7 @@ SPLIT_COLUMN = "split"
 SPLIT_VALUES = ("train", "val", "test")
 # Read in any case, with val's other names (Hugging Face's "validation"), as image split
 # folders are (tljax.data.folders).
-SPLIT_ALIASES = {"validation": "val", "valid": "val"}
+SPLIT_ALIASES = {"validation": "val", "valid": "val", "dev": "val"}
 # The smallest class the 70/10/20 split gives one val and one test example
 # (round(0.6) = 1 val, round(1.2) = 1 test, 4 train).
 MIN_PER_CLASS = 6
@@ -83,19 +84,19 @@ def check_file(path: str) -> None:
 def read(path: str, columns: Columns = Columns()) -> tuple:
     """Returns ``(class_names, {split: TextSplit})`` of the file at ``path``.
 
-    Read once per file content and columns: the cache is keyed by the file's size and
-    modification time, so an edited file is read again. Raises a one-line ``UserError`` for
-    an unreadable file, a missing column (naming the columns found), an empty text or
-    label, a bad split value, or a class with too few examples.
+    Read once per file content and columns: the cache is keyed by the file's stamp (size,
+    mtime, ctime, inode: ``tljax.files``), so an edited or replaced file is read again.
+    Raises a one-line ``UserError`` for an unreadable file, a missing column (naming the
+    columns found), an empty text or label, a bad split value, or a class with too few
+    examples.
     """
     check_file(path)
-    st = os.stat(path)
-    return _read(os.path.abspath(path), st.st_size, st.st_mtime_ns, columns)
+    return _read(os.path.abspath(path), files.stamp(path), columns)
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: str, size: int, mtime_ns: int, columns: Columns) -> tuple:
-    del size, mtime_ns  # only the cache key
+def _read(path: str, stamp: tuple, columns: Columns) -> tuple:
+    del stamp  # only the cache key
     wanted = [c for c in (columns.text, columns.label, columns.pair) if c]
     rows, found = (_csv_rows if path.lower().endswith(".csv") else _jsonl_rows)(path)
     if not rows:
@@ -237,7 +238,8 @@ def _fixed_splits(path: str, values: list, labels: np.ndarray, names: tuple) -> 
     bad = sorted({r for r, v in zip(raw, values) if v not in SPLIT_VALUES})
     if bad:
         raise UserError(f"dataset {path!r} has {SPLIT_COLUMN!r} value {bad[0]!r}; valid: "
-                        f"{', '.join(SPLIT_VALUES)}")
+                        f"{', '.join(SPLIT_VALUES)} (val also as "
+                        f"{', '.join(SPLIT_ALIASES)})")
     values = np.array(values)
     index = {name: np.flatnonzero(values == name) for name in SPLIT_VALUES}
     for name, idx in index.items():

@@ -118,8 +118,9 @@ def _bert_pooling(directory: str) -> str:
     pooler, as ``BertForSequenceClassification`` classifies."""
     for module in files.read_json(directory, MODULES, required=False, expect=list):
         if isinstance(module, dict) and str(module.get("type", "")).endswith(".Pooling"):
-            pooling = files.read_json(os.path.join(directory, str(module.get("path", ""))),
-                                      files.CONFIG)
+            folder = files.inside(directory, module.get("path", ""),
+                                  f"{os.path.join(directory, MODULES)!r}")
+            pooling = files.read_json(folder, files.CONFIG)
             modes = sorted(k[len("pooling_mode_"):] for k, v in pooling.items()
                            if k.startswith("pooling_mode_") and v)
             if modes != ["mean_tokens"]:

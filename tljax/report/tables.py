@@ -48,6 +48,7 @@ def summary_rows(selections: list) -> list:
         rows.append({
             "strategy": sel.strategy, "dataset": sel.dataset, "shots": sel.shots,
             "experiment": first.get("experiment", ""),
+            "settings_hash": first.get("settings_hash", ""),
             "sweep_hash": sel.sweep_hash, "hparams": sel.hparams, "seeds": sel.seeds,
             "val": _mean([metric(r, "val") for r in rs]),
             "val_select": sel.val_mean, "select_metric": sel.metric,

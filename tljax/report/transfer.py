@@ -15,20 +15,32 @@ def transfer_lines(rows: list) -> dict:
     copied blocks frozen, ``SOURCE+`` for copied blocks fine-tuned (Yosinski et al.'s AnB
     and AnB+), where SOURCE is the record's experiment name (one config per source model,
     e.g. AnB and BnB).
+    A curve holds the rows of one config (``settings_hash``): two configs under one
+    experiment name in one workdir give two curves, ``NAME [hash]`` each, never one curve
+    that zigzags between them.
     N = 0 (every block re-initialised) is the base: ``(dataset, "base")`` holds its first
     source's row as ``[(0, row)]``."""
-    lines = {}
+    by_config = {}
     for r in rows:
         m = _TRANSFER.fullmatch(r["strategy"])
         if not (m and _finite(r["test"])):
             continue
         n = int(m[2])
         if n == 0:  # the same network whatever the source: one base per dataset
-            lines.setdefault((r["dataset"], "base"), [(0, r)])
+            by_config.setdefault((r["dataset"], "base", ""), [(0, r)])
             continue
         source = r.get("experiment") or r["sweep_hash"][:6]
-        lines.setdefault((r["dataset"], source + m[1]), []).append((n, r))
-    return {k: sorted(v, key=lambda p: p[0]) for k, v in lines.items()}
+        config = r.get("settings_hash") or ""  # older records: by experiment name alone
+        by_config.setdefault((r["dataset"], source + m[1], config), []).append((n, r))
+    configs = {}
+    for dataset, label, config in by_config:
+        configs.setdefault((dataset, label), []).append(config)
+    lines = {}
+    for (dataset, label, config), points in by_config.items():
+        shared = len(configs[(dataset, label)]) > 1
+        name = f"{label} [{config[:6]}]" if shared else label
+        lines[(dataset, name)] = sorted(points, key=lambda p: p[0])
+    return lines
 
 
 def transfer_table(rows: list):

@@ -47,6 +47,20 @@ def read_json(directory: str, name: str, required: bool = True, expect: type = d
     return value
 
 
+def inside(directory: str, name, what: str) -> str:
+    """Returns ``directory/name`` for a path that a file of the model directory names (a
+    module folder), after checking it stays inside the directory: a relative path without
+    ``..``. Raises ``UserError`` naming ``what`` named it otherwise, so no byte outside the
+    directory is read on a file's say-so. Links inside the directory are followed, as the
+    Hugging Face cache's snapshots (links into its blobs/) need."""
+    text = str(name)
+    parts = text.replace("\\", "/").split("/")
+    if not text or os.path.isabs(text) or ".." in parts or "\0" in text:
+        raise UserError(f"{what} names {text[:100]!r}, which is not a path inside the model "
+                        f"directory {directory!r}; every path it names must be one")
+    return os.path.join(directory, text)
+
+
 def weights_file(directory: str) -> str:
     """Returns the path of the weights (or shard index) in ``directory``, preferring
     safetensors; raises ``UserError`` naming the files looked for."""

@@ -181,6 +181,18 @@ def read_orbax(path: str) -> dict:
         raise UserError(f"cannot read orbax checkpoint {path!r}: {first}") from None
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """Returns whether a file of ``size`` bytes starting with ``head`` (16 bytes) has the
+    structure of safetensors: an 8-byte little-endian header length that fits the file,
+    then the header's opening ``{``. Decided by structure, not by one byte: a header
+    length whose first byte is 0x80 (4224 = 0x1080, one file in 256) would otherwise
+    read as a pickle's protocol marker."""
+    if len(head) < 10 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= min(size - 8, _MAX_SAFETENSORS_HEADER)
+
+
 def read(path: str) -> dict:
     """Returns ``{name: np.ndarray}`` from the weights at ``path``, in any known format."""
     if not os.path.exists(path):
@@ -191,6 +203,9 @@ def read(path: str) -> dict:
         return read_orbax(path)
     with open(path, "rb") as f:
         head = f.read(16)
+        size = os.fstat(f.fileno()).st_size
+    if _looks_like_safetensors(head, size):  # before the one-byte pickle test: see there
+        return read_safetensors(path)
     if head.startswith(_HDF5_MAGIC):
         return read_h5(path)
     if zipfile.is_zipfile(path):
@@ -205,8 +220,8 @@ def read(path: str) -> dict:
     if head.startswith(b"PK\x03\x04"):  # a zip's first record, but no zip directory
         raise UserError(f"{path!r} starts as a zip (torch or npz) but has no zip directory: "
                         "truncated or corrupt")
-    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format
-        return torch_pickle.read(path)
-    if head[8:9] == b"{":  # an 8-byte length, then the JSON header
-        return read_safetensors(path)
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return torch_pickle.read(path)  # PROTO 2-5: torch's legacy pickle stream
+    if head[8:9] == b"{":  # a safetensors header whose length runs past the file
+        return read_safetensors(path)  # names the problem
     raise UserError(f"unknown weights format for {path!r}; known: {', '.join(FORMATS)}")
