@@ -71,7 +71,7 @@ def test_a_source_model_trained_on_a_folder_is_retrained_when_the_folder_changes
 @pytest.mark.parametrize("spec", ["/a/../../x:0-4@contrast:2", "../../outside", "/abs/pets",
                                   "digits:0-4@gaussian_noise:3"])
 def test_a_source_model_directory_stays_inside_the_workdir(tmp_path, spec, monkeypatch):
-    monkeypatch.setattr(run_keys, "folder_contents", lambda specs: {})  # no folder needed
+    monkeypatch.setattr(run_keys, "folder_contents", lambda *a: {})  # no folder needed
     cfg = config.transfer(model="cnn")
     cfg.pretrain.dataset = spec
     key = pretrain.source_key(cfg)
@@ -205,3 +205,29 @@ def test_the_strategies_of_one_config_share_a_settings_hash_and_two_configs_do_n
     one = {settings_hash(s) for s in ("transfer_n:1", "transfer_n:2", "transfer_n+:3")}
     assert len(one) == 1
     assert settings_hash("transfer_n:1", lr=3e-3) not in one
+
+
+def test_a_folder_copied_back_or_chmod_ed_keeps_its_runs_and_its_prepared_copy(
+        tmp_path, monkeypatch):
+    """Only bytes count: a backup restored with ``cp -a`` (new inodes and ctimes) or a
+    ``chmod`` is the same dataset, not a reason to decode it again or rerun its runs."""
+    root, store = str(tmp_path / "pets"), str(tmp_path / "data")
+    paths = _folder(root)
+    data.load(root, data_dir=store)
+    before = run_keys.folder_contents([root], store)
+    decoded = []
+    monkeypatch.setattr(folders, "_decode", lambda *a: decoded.append(a) or pytest.fail(
+        "decoded again"))
+    for path in paths:
+        os.chmod(path, 0o600)
+    assert run_keys.folder_contents([root], store) == before
+    shutil.copytree(root, tmp_path / "backup", copy_function=shutil.copy2)
+    shutil.rmtree(root)
+    shutil.copytree(tmp_path / "backup", root, copy_function=shutil.copy2)
+    assert run_keys.folder_contents([root], store) == before
+    data.load(root, data_dir=store)
+    assert decoded == []
+    # Elsewhere, the same bytes are the same content too (a per-host copy).
+    copy = str(tmp_path / "copy")
+    shutil.copytree(root, copy)
+    assert list(run_keys.folder_contents([copy], store).values()) == list(before.values())

@@ -243,15 +243,16 @@ def _children(pid: int) -> dict:
     return out
 
 
-def test_a_process_failing_alone_ends_the_launch_within_seconds_naming_it(tmp_path):
-    """Process 1 cannot read its config; process 0 would wait for it at the first barrier,
-    and process 1 itself in JAX's shutdown for process 0."""
-    config = tmp_path / "fails_in_p1.py"
+@pytest.mark.parametrize("failing", [1, 0])
+def test_a_process_failing_alone_ends_the_launch_within_seconds_naming_it(tmp_path, failing):
+    """One process cannot read its config; the other would wait for it at the first
+    barrier, and the failing one itself in JAX's shutdown for its peer."""
+    config = tmp_path / "fails_in_one.py"
     config.write_text(
         "import os\n"
         "from tljax.config import transfer\n\n\n"
         "def get_config():\n"
-        "    if os.environ['JAX_PROCESS_ID'] == '1':\n"
+        f"    if os.environ['JAX_PROCESS_ID'] == '{failing}':\n"
         "        raise OSError('the config share is not mounted here')\n"
         "    return transfer(experiment='alone', dataset='digits:5-9')\n")
     started = time.perf_counter()
@@ -259,10 +260,43 @@ def test_a_process_failing_alone_ends_the_launch_within_seconds_naming_it(tmp_pa
     elapsed = time.perf_counter() - started
     assert code == 2, text[-3000:]
     (launched,) = [line for line in text.splitlines() if line.startswith("tljax: launch:")]
-    assert launched.startswith(f"tljax: launch: process 1 of 2 failed with exit status 2: "
-                               f"config {config}:7: get_config() failed: OSError: the config "
-                               "share is not mounted here")
+    assert launched.startswith(f"tljax: launch: process {failing} of 2 failed with exit status "
+                               f"2: config {config}:7: get_config() failed: OSError: the config "
+                               "share is not mounted here"), launched
     assert elapsed < 60, f"{elapsed:.0f}s"  # JAX's start included; it took 123 s before
+    assert not (tmp_path / "w" / "results.jsonl").exists()
+
+
+def test_process_0_trains_the_source_model_once_and_the_others_read_it(tmp_path):
+    """A sweep over two datasets needs the source twice in every process: trained once,
+    by process 0; process 1 waits for it and reads it."""
+    code, text = _finish(_launch(tmp_path / "w", [
+        'pretrain.dataset="digits:0-4"', "pretrain.steps=5", 'strategies=["linear_probe"]',
+        'sweep={"dataset":["digits:5-9","digits:5-9@contrast:1"]}']), TIMEOUT_S)
+    assert code == 0, text[-3000:]
+    assert text.count("source model: cnn trained on digits:0-4 for 5 steps") == 1
+    assert "[p0/2] source model: cnn trained on" in text
+    assert "[p1/2] source model: reusing" in text and "(trained by process 0)" in text
+    assert len(_records(tmp_path / "w")) == 2
+
+
+def test_processes_that_plan_different_runs_stop_in_one_line(tmp_path):
+    """Process 1 reads another weight decay (say, a config edited on one host only): the
+    processes would skip, resume and wait for different runs, so they stop before any."""
+    config = tmp_path / "differs.py"
+    config.write_text(
+        "import os\n"
+        "from tljax.config import transfer\n\n\n"
+        "def get_config():\n"
+        "    c = transfer(experiment='differs', dataset='digits:5-9')\n"
+        "    c.weight_decay = 0.1 if os.environ['JAX_PROCESS_ID'] == '1' else 0.0\n"
+        "    return c\n")
+    code, text = _finish(_launch(tmp_path / "w", ['strategies=["full_ft"]', "sweep={}"],
+                                 config=config), 120)
+    assert code == 2, text[-3000:]
+    (launched,) = [line for line in text.splitlines() if line.startswith("tljax: launch:")]
+    assert launched.startswith("tljax: launch: process 1 of 2 failed with exit status 2: this "
+                               "process (1) and process 0 disagree on the runs to do"), launched
     assert not (tmp_path / "w" / "results.jsonl").exists()
 
 

@@ -54,6 +54,12 @@ def _distributed(fn, args) -> int:
         line, code = f"tljax: error: {e}", 2
     except KeyboardInterrupt:
         line, code = "tljax: interrupted", 130
+    except SystemExit as e:  # an exit asked for: its status, without a traceback
+        code = e.code if isinstance(e.code, int) else 1
+        if not code:
+            peers.finished()
+            return 0
+        line = f"tljax: error: exited with status {code}"
     except BaseException as e:  # a bug, or a lost peer: the traceback, then one line
         traceback.print_exc()
         line, code = f"tljax: error: {_crash_line(e)}", 1

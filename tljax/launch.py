@@ -9,6 +9,7 @@ the others are stopped (they would wait for it forever in the next collective).
 
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ import time
 from tljax.errors import UserError
 
 _GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
+_SETTLE_S = 3.0  # after one fails, how long the others may take to end on their own
 
 
 def free_port() -> int:
@@ -66,13 +68,33 @@ def _forward(stream, out, tag: str, lock: threading.Lock, errors: list) -> None:
     stream.close()
 
 
-def _why(code: int, errors: list) -> str:
-    """Returns how a process ended, in words: its exit status or signal, and its error."""
+# The line of a process that stopped because of a peer (tljax.peers): which, and why.
+_PEER = re.compile(r"tljax: error: (process (\d+) (?:failed \((.*)\)|stopped responding|"
+                   r"has not started)[^;]*); stopping process \d+$")
+
+
+def _culprit(failed: list, codes: dict, errors: list, processes: int) -> str:
+    """Returns which process ended the launch, how and why, in words: the first to fail on
+    its own account (not because it saw a peer fail), else the peer such a process names,
+    else the first to fail. ``failed``: the processes that ended non-zero on their own,
+    in order; ``errors``: each process's ``tljax: error`` lines."""
+    def own(i):
+        return not any(_PEER.match(e) for e in errors[i])
+
+    i = next((i for i in failed if own(i)), None)
+    if i is None:
+        m = next((m for e in errors[failed[0]] for m in [_PEER.match(e)] if m), None)
+        if m is None:
+            i = failed[0]
+        else:  # it stopped before saying so itself; its peer says why
+            return f"process {m[2]} of {processes} {m[1].split(' ', 2)[2]}"
+    code = codes[i]
     if code > 128 and code - 128 in signal.Signals._value2member_map_:
         how = f"was killed by {signal.Signals(code - 128).name} (exit {code})"
     else:
         how = f"failed with exit status {code}"
-    return how + (f": {errors[0][len('tljax: error: '):]}" if errors else "")
+    return f"process {i} of {processes} {how}" + (
+        f": {errors[i][0][len('tljax: error: '):]}" if errors[i] else "")
 
 
 def _interrupt(signum, frame):
@@ -136,11 +158,16 @@ def launch(argv: list, processes: int, devices_per_process: int | None = None,
 
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        settle = None  # after a failure: until when the others may still end on their own
         while len(codes) < processes:
             ended = [i for i, p in enumerate(procs) if i not in codes and p.poll() is not None]
             codes.update({i: _code(procs[i].returncode) for i in ended})
-            if any(codes[i] and i not in stopped for i in ended):
-                failed += [i for i in ended if codes[i] and i not in stopped]
+            failed += [i for i in ended if codes[i] and i not in stopped]
+            if failed and settle is None:
+                # A process that fails tells its peers why (tljax.peers), and they stop
+                # too: their own statuses and lines name who failed first.
+                settle = time.time() + _SETTLE_S
+            if settle is not None and time.time() > settle and not stopped:
                 stop_rest()
             time.sleep(0.05)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: take the processes down with us
@@ -150,13 +177,9 @@ def launch(argv: list, processes: int, devices_per_process: int | None = None,
         signal.signal(signal.SIGTERM, previous)
         for t in threads:
             t.join(timeout=5)
-    if failed:  # its error lines are in by now (the forwarding threads are joined)
-        # A process that stopped because it saw a peer fail (tljax.peers) names that peer:
-        # the peer is the one to report.
-        first = next((i for i in failed if not any(
-            e.endswith(f"stopping process {i}") for e in errors[i])), failed[0])
+    if failed:  # their error lines are in by now (the forwarding threads are joined)
         others = sorted(stopped)
-        print(f"tljax: launch: process {first} of {processes} {_why(codes[first], errors[first])}"
+        print(f"tljax: launch: {_culprit(failed, codes, errors, processes)}"
               + (f"; stopped process{'es' if len(others) > 1 else ''} "
                  f"{', '.join(map(str, others))}" if others else ""), file=sys.stderr)
     return max((c for i, c in codes.items() if i not in stopped), default=0)

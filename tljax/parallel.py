@@ -91,17 +91,20 @@ def barrier(name: str) -> None:
 _WRITER_WAIT_MS = 24 * 3600 * 1000
 
 
-def writer_done(name: str) -> None:
-    """Tells the other processes that process 0 has made ``name`` (a no-op elsewhere, and
-    with one process); ``wait_for_writer(name)`` returns once it has."""
+def writer_done(name: str, value: str = "") -> None:
+    """Tells the other processes that process 0 has made ``name``, and ``value`` (what it
+    made, e.g. its path); a no-op elsewhere and with one process. Saying it again is
+    allowed."""
     if jax.process_count() > 1 and is_writer():
         from jax._src import distributed
 
-        distributed.global_state.client.key_value_set(f"tljax/made/{name}", "1")
+        distributed.global_state.client.key_value_set(f"tljax/made/{name}", value,
+                                                      allow_overwrite=True)
 
 
-def wait_for_writer(name: str) -> None:
-    """Waits until process 0 has called ``writer_done(name)``; returns nothing.
+def wait_for_writer(name: str) -> str:
+    """Returns process 0's ``value`` of ``writer_done(name, value)`` once it has said it
+    ('' with one process, and in process 0).
 
     Unlike a collective, it has no short timeout: process 0 may take hours to make what
     it makes (a dataset, a source model). If process 0 fails meanwhile, this process is
@@ -109,8 +112,25 @@ def wait_for_writer(name: str) -> None:
     if jax.process_count() > 1 and not is_writer():
         from jax._src import distributed
 
-        distributed.global_state.client.blocking_key_value_get(f"tljax/made/{name}",
-                                                                _WRITER_WAIT_MS)
+        return distributed.global_state.client.blocking_key_value_get(f"tljax/made/{name}",
+                                                                       _WRITER_WAIT_MS)
+    return ""
+
+
+def agree(name: str, value: str, what: str) -> None:
+    """Raises ``UserError`` in every process whose ``value`` of ``name`` differs from
+    process 0's (a no-op with one process): processes that disagree on what a run is
+    would each skip, resume or wait for different things. ``what`` says in words what
+    ``value`` is a digest of, for the message."""
+    if jax.process_count() < 2:
+        return
+    writer_done(f"agree/{name}", value)
+    theirs = wait_for_writer(f"agree/{name}")
+    if not is_writer() and theirs != value:
+        raise UserError(f"this process ({jax.process_index()}) and process 0 disagree on "
+                        f"{what} ({value[:12]} here, {theirs[:12]} there): every process "
+                        "needs the same config, tljax and data (the same bytes of every "
+                        "file it reads)")
 
 
 def from_writer(value):

@@ -33,7 +33,7 @@ def source_key(cfg) -> str:
     settings = {"model": name, "image_size": cfg.image_size, "channels": cfg.channels,
                 "pretrain": {k: v for k, v in p.to_dict().items() if k != "mix" or v},
                 **{k: cfg[k] for k in _SOURCE_OPTIM_KEYS}}
-    contents = run_keys.folder_contents([p.dataset, *p.mix])
+    contents = run_keys.folder_contents([p.dataset, *p.mix], cfg.data_dir)
     if contents:  # a catalog dataset is named by its spec; a folder by what it holds
         settings.update(folder_contents=contents, folder_image_size=cfg.folder_image_size)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
@@ -73,7 +73,11 @@ def source_model(cfg, workdir: str, log=print) -> str:
     """
     path = os.path.join(os.path.abspath(workdir), "pretrained", source_key(cfg))
     if not parallel.is_writer():
-        parallel.wait_for_writer(f"source model {path}")
+        theirs = parallel.wait_for_writer("source model")
+        if theirs != path:  # its training data or settings differ from process 0's
+            raise UserError(f"process 0 trained the source model {theirs}; this process's "
+                            f"settings and data make it {path}: every process needs the same "
+                            "config and the same bytes of pretrain.dataset")
         if not os.path.isdir(path):
             raise UserError(f"process 0 saved the source model to {path}, which this process "
                             "cannot see; a multi-process run needs a workdir on storage every "
@@ -86,7 +90,7 @@ def source_model(cfg, workdir: str, log=print) -> str:
             log(f"source model: reusing {path}")
         else:
             _train_source(cfg, path, log)
-    parallel.writer_done(f"source model {path}")
+    parallel.writer_done("source model", path)
     return path
 
 

@@ -4,8 +4,8 @@ A run is identified by ``run_hash``: the result-affecting settings of its effect
 (per-strategy overrides and swept values applied), its strategy and seed, and the
 *content* of its weights (a digest of the file or checkpoint, never its path), of the
 tokenizer a text run uses (wherever it comes from), of an image folder it reads (its
-files' paths, sizes, mtimes, ctimes and inodes: ``tljax.data.folders``) and of a text
-file it reads (a digest of its bytes). Settings that cannot change a result (logging,
+images' relative paths and bytes: ``tljax.data.folders``) and of a text file it reads (a
+digest of its bytes). Settings that cannot change a result (logging,
 checkpoint cadence, eval batch size, cache and data paths) are left out, so changing them
 neither reruns a finished run nor abandons a resumable checkpoint. ``sweep_hash`` is the
 same without the swept keys (and what is derived from them) and the seed: the records of
@@ -52,16 +52,16 @@ def _reads_text(cfg_dict: dict) -> bool:
     return any(kind(parse_spec(spec)[0]) == "text" for spec in _specs(cfg_dict))
 
 
-def folder_contents(specs) -> dict:
+def folder_contents(specs, data_dir: str = "") -> dict:
     """Returns ``{path: key of its content}`` for each image folder ``specs`` read: the key
-    covers its images' paths, sizes, mtimes, ctimes and inodes, not the size it is stored
-    at (``tljax.data.folders.content_key``). An edited folder is another dataset, as
-    edited weights are."""
+    covers its images' relative paths and bytes, not where the folder is nor the size it
+    is stored at (``tljax.data.folders.content_key``; ``data_dir`` keeps the digests). An
+    edited folder is another dataset, as edited weights are; a copied one is not."""
     from tljax.data import folders
     from tljax.data.datasets import parse_spec
 
     names = sorted({parse_spec(spec)[0] for spec in specs if spec})
-    return {name: folders.content_key(folders.scan(name)) for name in names
+    return {name: folders.content_key(folders.scan(name), data_dir or None) for name in names
             if folders.is_folder_spec(name)}
 
 
@@ -87,7 +87,8 @@ def tokenizer_digest(cfg_dict: dict) -> str:
                                            zoo.resolve(cfg_dict.get("weights") or "")))
 
 
-def _digest(obj) -> str:
+def digest(obj) -> str:
+    """Returns the sha256 (hex) of ``obj`` as canonical JSON."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -102,7 +103,7 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
     text_run = _reads_text(cfg_dict)
     if not text_run:
         drop |= set(TEXT_KEYS)
-    contents = folder_contents(_specs(cfg_dict))
+    contents = folder_contents(_specs(cfg_dict), cfg_dict.get("data_dir") or "")
     if not contents:
         drop |= set(FOLDER_KEYS)
     settings = {k: v for k, v in cfg_dict.items() if k not in drop}
@@ -133,7 +134,7 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
 
 def run_hash(settings: dict, strategy: str, seed: int) -> str:
     """Returns the identity of one run: same hash, same result (up to the machine)."""
-    return _digest({"settings": settings, "strategy": strategy, "seed": int(seed)})[:16]
+    return digest({"settings": settings, "strategy": strategy, "seed": int(seed)})[:16]
 
 
 # Settings ``run_settings`` derives from other keys' values (a digest of what they name):
@@ -153,16 +154,17 @@ def sweep_hash(settings: dict, strategy: str, swept_keys) -> str:
     """Returns the identity of the sweep a run belongs to: its settings less the swept keys
     and what is derived from them (``DERIVED_FROM``), and less the seed, so every grid
     point and seed of one strategy's sweep shares it."""
-    return _digest({"settings": _unswept(settings, swept_keys), "strategy": strategy})[:16]
+    return digest({"settings": _unswept(settings, swept_keys), "strategy": strategy})[:16]
 
 
 def settings_hash(settings: dict, swept_keys) -> str:
     """Returns the identity of the config a run comes from, whatever its strategy: the
     sweep hash's settings without the strategy (nor its own rule list). The strategies of
-    one config share it where their effective settings agree, so a report can tell two
-    configs of one experiment name apart (``tljax.report.transfer``)."""
+    one config share it where their settings agree: the same training path (a probe reads
+    other keys than a network run) and no ``per_strategy`` override. A report tells two
+    configs of one experiment name apart by it (``tljax.report.transfer``)."""
     rest = {k: v for k, v in _unswept(settings, swept_keys).items() if k != "rules"}
-    return _digest({"settings": rest})[:16]
+    return digest({"settings": rest})[:16]
 
 
 def weights_digest(path: str, cache: dict | None = None) -> str:
@@ -189,7 +191,7 @@ def weights_digest(path: str, cache: dict | None = None) -> str:
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-    digest = h.hexdigest()
+    value = h.hexdigest()
     if cache is not None:
-        cache[key] = digest
-    return digest
+        cache[key] = value
+    return value

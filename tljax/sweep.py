@@ -145,7 +145,7 @@ class _Setup:
 
     def __init__(self, base_cfg, workdir: str, log):
         self.base_cfg, self.workdir, self.log = base_cfg, workdir, log
-        self.cache = {}
+        self.cache, self.source = {}, None
         # Weights digests by path + size + mtime, kept beside the results: a large
         # checkpoint is hashed once, and again only when its files change.
         self.digest_file = os.path.join(workdir, ".weights_digests.json")
@@ -179,9 +179,12 @@ class _Setup:
             if not path and cfg.pretrain.dataset:
                 # The source model follows the config as written, never a strategy's or a
                 # grid point's optimiser settings.
-                # Process 0 trains it; every process then digests the same checkpoint: the
-                # same bytes, the same run hashes, the same state directories.
-                path = pretrain.source_model(self.base_cfg, self.workdir, self.log)
+                # The source follows the config as written, so it is one per sweep; process
+                # 0 trains it, and every process digests the same checkpoint: the same
+                # bytes, the same run hashes, the same state directories.
+                if self.source is None:
+                    self.source = pretrain.source_model(self.base_cfg, self.workdir, self.log)
+                path = self.source
             self.cache[key] = (model, inputs, path, self._digest(path))
         return self.cache[key]
 
@@ -256,6 +259,10 @@ def run(cfg, workdir: str, log=print) -> list:
                                                experiment.training_path(point.strategy), digest)
         point.sweep_hash = run_keys.sweep_hash(point.settings, point.strategy, point.hparams)
     _check_one_sweep_per_group(points)
+    # Every process must plan the same runs (the same bytes read, the same settings), or
+    # each would skip, resume and wait for different ones.
+    parallel.agree("plan", run_keys.digest([(p.strategy, p.settings) for p in points]),
+                   "the runs to do (their settings and the content of what they read)")
     records = []
 
     def execute(point: Point, seed: int) -> None:

@@ -37,11 +37,13 @@ Preparing. Unreadable images (truncated, not really an image, a decompression bo
 skipped and named on stderr with a count (the full list is written beside the data);
 a class left with no training image is an error. The result is a TFDS dataset written as
 array_record with the same ``Tensor`` features as ``digits``, under
-``DATA_DIR/tljax_image_folder/KEY/``, where KEY hashes the folder's absolute path, its
-image files' relative paths, sizes, mtimes, ctimes and inodes, and the size setting: a
-second run reads it without decoding anything, and a folder with an image added,
-removed, touched or replaced (even by one of the same size with its mtime kept) is
-prepared again (the older copy of the same folder is removed). One process prepares a
+``DATA_DIR/tljax_image_folder/KEY/``, where KEY hashes the images' relative paths and
+bytes (each file's sha256, kept in the data dir and read again only for a file whose
+size, mtime, ctime or inode changed) and the size setting: a second run reads it
+without decoding anything, a folder with an image added, removed or replaced (even by
+one of the same size with its mtime kept) is prepared again (the older copy of the same
+folder is removed), and a copy of the folder elsewhere, or one whose files were only
+chmod-ed or touched, is the same dataset. One process prepares a
 folder; others that need it meanwhile wait for it (``tljax.locks``). ``sources`` gives a
 random-access source per split for readers that stream.
 """
@@ -71,6 +73,7 @@ AUTO_SIZE_CAP = 256
 VAL_FRACTION = 0.1  # of train, where fixed splits come without a val folder
 FORMAT = 1  # part of the key: bump it when what is stored changes, so folders re-prepare
 BUILDER = "tljax_image_folder"
+DIGESTS = "digests"  # under BUILDER: each folder's image digests, by stamp
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 _NAMED = 10  # files named in a message; the rest are counted
 _CHUNK = 256  # images decoded per batch of threads: bounds the decoded images held at once
@@ -195,16 +198,67 @@ def scan(path: str) -> Scan:
     return Scan(root, classes, files, tuple(sorted(stamp)), tuple(sorted(ignored)))
 
 
-def content_key(s: Scan) -> str:
-    """Returns the key of what a folder holds: a hash of its absolute path, its images'
-    relative paths and stamps (size, mtime, ctime, inode) and ``FORMAT``."""
-    blob = json.dumps([FORMAT, s.root, s.stamp])
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+def _digests(s: Scan, data_dir: str) -> dict:
+    """Returns ``{relative path: sha256 of the image's bytes}`` for every image of ``s``.
+
+    A digest is read again only for a file whose stamp (size, mtime, ctime, inode) is not
+    the one it was digested at: the stamps and digests are kept in the data dir
+    (``DIGESTS/``, one file per folder), so a second run reads no image, and a file
+    replaced with its mtime kept (``cp -p``) is read again."""
+    store = os.path.join(data_dir, BUILDER, DIGESTS,
+                         hashlib.sha256(s.root.encode()).hexdigest()[:20] + ".json")
+    try:
+        with open(store) as f:
+            known = {rel: tuple(v) for rel, v in json.load(f).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        known = {}
+    out, changed = {}, False
+    stamps = {rel: list(stamp) for rel, *stamp in s.stamp}
+    for rel, stamp in stamps.items():
+        if stamp[0] < 0:  # gone since listed: skipped when decoded
+            continue
+        seen = known.get(rel)
+        if seen is not None and list(seen[:-1]) == stamp:
+            out[rel] = seen[-1]
+            continue
+        try:
+            with open(os.path.join(s.root, rel), "rb") as f:
+                out[rel] = hashlib.sha256(f.read()).hexdigest()
+        except OSError:  # unreadable: skipped when decoded, and named then
+            continue
+        changed = True
+    if changed or set(known) != set(out):
+        os.makedirs(os.path.dirname(store), exist_ok=True)
+        tmp = f"{store}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({rel: [*stamps[rel], digest] for rel, digest in out.items()}, f)
+        os.replace(tmp, store)  # atomic: a concurrent reader sees one whole file or the other
+    return out
 
 
-def folder_key(s: Scan, image_size: int) -> str:
+def content_key(s: Scan, data_dir: str | None = None) -> str:
+    """Returns the key of what a folder holds: a hash of its images' relative paths (which
+    give their classes and splits) and the sha256 of each one's bytes, and ``FORMAT``.
+
+    Only bytes count: a folder copied elsewhere (``cp -a``, ``rsync -a``, a per-host copy)
+    or whose files are chmod-ed keeps its key; a file replaced by another, even of the
+    same size with its mtime kept, changes it. ``data_dir`` keeps the digests."""
+    from tljax.data.datasets import default_data_dir
+
+    data_dir = data_dir or default_data_dir()
+    memo = (s.root, s.stamp, data_dir)  # a sweep asks once per grid point
+    if memo not in _CONTENT_KEYS:
+        blob = json.dumps([FORMAT, sorted(_digests(s, data_dir).items())])
+        _CONTENT_KEYS[memo] = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return _CONTENT_KEYS[memo]
+
+
+_CONTENT_KEYS = {}
+
+
+def folder_key(s: Scan, image_size: int, data_dir: str | None = None) -> str:
     """Returns the key of a prepared copy: ``content_key`` with the size setting."""
-    blob = json.dumps([FORMAT, s.root, int(image_size), s.stamp])
+    blob = json.dumps([content_key(s, data_dir), int(image_size)])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -373,7 +427,7 @@ def prepare(path: str, data_dir: str | None = None, image_size: int = 0) -> Prep
     except OSError as e:  # a folder we may not list or stat
         raise UserError(f"cannot read image folder {path}: {e.strerror or e} "
                         f"({e.filename})") from None
-    key = folder_key(s, image_size)
+    key = folder_key(s, image_size, data_dir)
     tfds_dir = os.path.join(data_dir, BUILDER, key, "1.0.0")
     if os.path.exists(os.path.join(tfds_dir, "dataset_info.json")):
         return Prepared(tfds_dir, s.root, s.classes)
@@ -421,7 +475,7 @@ def _write(path: str, s: Scan, key: str, data_dir: str, image_size: int) -> Prep
         _check_splits(path, s, counts)
         raise
     try:  # decoding takes a while: the folder may have been written to meanwhile
-        settled = folder_key(scan(path), image_size) == key
+        settled = folder_key(scan(path), image_size, data_dir) == key
     except (UserError, OSError):
         settled = False
     if not settled:  # a copy of no state the folder stays in: never read as the folder's

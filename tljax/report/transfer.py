@@ -38,7 +38,7 @@ def transfer_lines(rows: list) -> dict:
     lines = {}
     for (dataset, label, config), points in by_config.items():
         shared = len(configs[(dataset, label)]) > 1
-        name = f"{label} [{config[:6]}]" if shared else label
+        name = f"{label} [{config[:6] or 'earlier records'}]" if shared else label
         lines[(dataset, name)] = sorted(points, key=lambda p: p[0])
     return lines
 
