@@ -173,6 +173,18 @@ def test_two_processes_match_one_process_with_as_many_devices(runs):
     assert (runs["two"][0] / "results.md").is_file()
 
 
+def test_hundreds_of_steps_with_a_frozen_backbone_do_not_deadlock(tmp_path):
+    """last_k:1 for 300 steps, 2 processes x 2 CPU devices on a small host: with steps
+    queued ahead, XLA's pool threads blocked each other behind gloo's all-reduce and the
+    run hung (the README's launch example did, in most tries)."""
+    code, text = _finish(_launch(tmp_path / "w", [
+        'strategies=["last_k:1"]', "sweep={}", "steps=300", "checkpoint_every=0",
+        'optimizer="adam"', "lr=0.001"]), 180)
+    assert code == 0, text[-3000:]
+    (record,) = _records(tmp_path / "w")
+    assert record["status"] == "ok" and record["steps"] == 300
+
+
 def test_every_process_killed_then_restarted_resumes_to_the_same_result(runs):
     """SIGKILL of the launcher and both processes after a mid-run checkpoint of an
     FSDP-split state; the same command again resumes from it and ends where the

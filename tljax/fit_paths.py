@@ -151,6 +151,11 @@ def _route(cfg, model, rules, tx, frozen) -> _Route:
             predict_all, lambda st, x, y: loss(parallel.unreplicate(st), x, y))
     mesh = parallel.make_mesh(n)
     jstep = train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps)
+    if parallel.one_step_at_a_time():  # CPU devices of several processes: see there
+        compiled = jstep
+
+        def jstep(st, x, y):
+            return jax.block_until_ready(compiled(st, x, y))
     same = lambda st: st  # noqa: E731
     return _Route(
         jstep, lambda st: parallel.place_state(mesh, st, cfg.fsdp_regex), same,

@@ -68,6 +68,16 @@ def initialize_multihost(environ=None) -> None:
     jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
 
 
+def one_step_at_a_time() -> bool:
+    """Returns whether a training step must finish before the next is launched: on CPU
+    devices of several processes. There, XLA runs every device's work on one thread pool
+    (as many threads as cores); with steps queued ahead, a launch blocked behind a step
+    that has not started can hold the last free thread while the other device's gloo
+    all-reduce holds the rest, waiting for it: seen as a run that hangs after some
+    hundred steps on 2 cores with 2 devices per process."""
+    return jax.process_count() > 1 and jax.default_backend() == "cpu"
+
+
 def is_writer() -> bool:
     """Returns True in the one process that writes files (process 0)."""
     return jax.process_index() == 0
