@@ -28,7 +28,8 @@ import jax
 import numpy as np
 
 from tljax import config, optim, strategies, train
-from tljax.experiment import create_model, strategy_config
+from tljax.run.settings import strategy_config
+from tljax.run.sources import create_model
 from tljax.models import layers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

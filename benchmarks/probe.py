@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from tljax import config, data, optim, probe, strategies, train, weights
-from tljax.experiment import create_model, resolve_weights
+from tljax.run.sources import create_model, resolve_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

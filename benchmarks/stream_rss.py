@@ -3,8 +3,8 @@
 For each size N (default 2,000 and 20,000) the benchmark writes N generated 64x64 PNG
 images in 4 class folders, prepares the folder once (``tljax.data.folders``: decoded into
 array_record) in one child process, then runs the cached linear probe at 224 px in a
-fresh child process: ``loading.load_inputs`` (every split above ``stream_above_mb``
-streams), ``fit_paths.fit_probe`` (features extracted batch by batch into the cache,
+fresh child process: ``tljax.run.inputs.load_inputs`` (every split above ``stream_above_mb``
+streams), ``tljax.run.paths.fit_probe`` (features extracted batch by batch into the cache,
 then the solver), as ``tljax run`` does for ``linear_probe``. Each child reports its peak
 resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and wall time; the table
 puts them beside the size the split's float32 inputs would take in memory.
@@ -84,7 +84,9 @@ def child_probe(root: str, model_name: str, stream_above_mb: int,
     """Runs the cached linear probe on ``root``; returns what the table shows."""
     import jax
 
-    from tljax import config, experiment, fit_paths, loading, weights
+    from tljax import config, weights
+    from tljax.run import inputs as run_inputs
+    from tljax.run import paths, sources
 
     start = time.perf_counter()
     cfg = config.transfer(
@@ -92,15 +94,15 @@ def child_probe(root: str, model_name: str, stream_above_mb: int,
         weights="" if model_name == "tiny" else model_name, dataset=root,
         strategies=["linear_probe"], stream_above_mb=stream_above_mb,
         eval_batch_size=eval_batch_size)
-    num_classes = loading.dataset_classes(cfg, root)
+    num_classes = run_inputs.dataset_classes(cfg, root)
     model = _tiny_model(num_classes) if model_name == "tiny" else \
-        experiment.create_model(cfg, num_classes)
-    inputs = loading.load_inputs(cfg, root, model.preprocessing)
+        sources.create_model(cfg, num_classes)
+    inputs = run_inputs.load_inputs(cfg, root, model.preprocessing)
     variables = model.init(jax.random.key(0))
     if model_name != "tiny":
-        variables = weights.load(experiment.resolve_weights(cfg), variables, model.torch_names)
-    run = fit_paths.Run(cfg, None, model, inputs, variables, {}, (), 0, state_dir="")
-    fit_paths.fit_probe(run)
+        variables = weights.load(sources.resolve_weights(cfg), variables, model.torch_names)
+    run = paths.Run(cfg, None, model, inputs, variables, {}, (), 0, state_dir="")
+    paths.fit_probe(run)
     test_y = inputs.splits["test"][1]
     accuracy = float(np.mean(np.argmax(run.logits["test"], -1) == test_y))
     streamed = [name for name, (x, _) in inputs.splits.items() if not isinstance(x, np.ndarray)]

@@ -29,7 +29,7 @@ Images are resized to 224 px (STL from 96, CIFAR from 32), ImageNet normalisatio
 - ``full_ft`` and ``lp_ft``: SGD, momentum 0.9, cosine decay, batch 64, 20,000 steps (the
   paper fine-tunes for a fixed number of epochs; ours are a budget, not the paper's); 6
   learning rates each (the paper sweeps 6), chosen on ID validation only (``select_seeds=1``),
-  never on STL. ``lp_ft`` starts from the probe's head (``tljax.fit_paths``).
+  never on STL. ``lp_ft`` starts from the probe's head (``tljax.run.paths``).
 - 3 seeds; the report shows ID test and ``stl10`` accuracy per strategy.
 
 Known differences: the paper's pretrained models are ResNet-50s (MoCo-v2, CLIP, MoCo-TP in

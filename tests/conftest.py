@@ -51,3 +51,34 @@ def pytest_unconfigure(config):
 def data_dir():
     """Returns the session's TFDS data dir (``$TLJAX_DATA_DIR``)."""
     return os.environ["TLJAX_DATA_DIR"]
+
+
+@pytest.fixture
+def stubbed_training(monkeypatch):
+    """Replaces training by stubs that score a run by its settings alone (lr 3e-2 or L2 1.0
+    is right on every split, anything else wrong on val) and note the train split's size:
+    the sweep's phases, run records and report are real, and nothing compiles."""
+    import numpy as np
+
+    from tljax.run.execute import STAGES
+
+    def logits(run, right):
+        out = {}
+        for name, (_, ys) in run.inputs.splits.items():
+            wrong = name == "val" and not right
+            out[name] = np.eye(run.inputs.num_classes)[(ys + wrong) % run.inputs.num_classes]
+        return out
+
+    def network(run):
+        run.logits = logits(run, run.run_cfg.lr == 3e-2)
+        run.record.update(steps=run.run_cfg.steps, n_train=len(run.inputs.splits["train"][1]))
+
+    def probe(run):
+        grid = list(run.cfg.probe_l2_grid)
+        chosen = 1.0 if 1.0 in grid else grid[0]
+        run.logits = logits(run, True)
+        run.record["probe"] = {"l2": chosen, "sweep": [{"l2": v} for v in grid],
+                               "train_examples": len(run.inputs.splits["train"][1])}
+
+    monkeypatch.setitem(STAGES, "network", (network,))
+    monkeypatch.setitem(STAGES, "probe", (probe,))

@@ -167,17 +167,19 @@ def test_bad_weight_files_and_workdirs_exit_2_with_one_line(tmp_path, capsys):
 
 
 def test_empty_split_is_a_user_error(monkeypatch):
-    from tljax import config, data, experiment, loading
+    from tljax import config, data, models
+    from tljax.errors import UserError
+    from tljax.run import inputs as run_inputs
     from tljax.data import Dataset, Split
 
     real = data.load("digits:0-4")
     empty = Split(real.splits["val"].images[:0], real.splits["val"].labels[:0])
     fake = Dataset("digits:0-4", 5, real.class_names, {**real.splits, "val": empty})
     # Every image dataset reaches load_inputs through load_dataset (in memory or streamed).
-    monkeypatch.setattr(loading, "load_dataset", lambda *a, **k: fake)
-    with pytest.raises(experiment.UserError, match="split 'val' of dataset 'digits:0-4' is empty"):
-        loading.load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
-                                experiment.models.create("cnn", 5).preprocessing)
+    monkeypatch.setattr(run_inputs, "load_dataset", lambda *a, **k: fake)
+    with pytest.raises(UserError, match="split 'val' of dataset 'digits:0-4' is empty"):
+        run_inputs.load_inputs(config.transfer(dataset="digits:0-4"), "digits:0-4",
+                                models.create("cnn", 5).preprocessing)
 
 
 def test_bad_input_from_a_real_process_has_no_traceback(tmp_path):

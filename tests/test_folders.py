@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tljax import cli, config, data, run_keys
-from tljax.data import corruptions, datasets, folders
+from tljax import cli, config, data
+from tljax.run import identity
+from tljax.data import corruptions, datasets, folder_store, folders
 from tljax.errors import UserError
 
 COLOURS = {"circle": (230, 40, 40), "square": (40, 200, 40), "triangle": (40, 40, 230)}
@@ -50,14 +51,14 @@ def _make(root, per_class: int = 12, seed: int = 0, classes=tuple(COLOURS)) -> l
 
 @pytest.fixture
 def decodes(monkeypatch) -> list:
-    """Returns a list that gets one entry per image decoded by ``tljax.data.folders``."""
-    calls, real = [], folders._decode
+    """Returns a list that gets one entry per image decoded by ``tljax.data.folder_store``."""
+    calls, real = [], folder_store._decode
 
     def counting(*args):
         calls.append(args[0])
         return real(*args)
 
-    monkeypatch.setattr(folders, "_decode", counting)
+    monkeypatch.setattr(folder_store, "_decode", counting)
     return calls
 
 
@@ -100,8 +101,8 @@ def test_a_folder_runs_linear_probe_and_full_ft_then_probe_without_decoding_agai
 
 def _run_hash(dataset: str) -> str:
     cfg = config.transfer(dataset=dataset)
-    settings = run_keys.run_settings(cfg.to_dict(), "full_ft", "network", "")
-    return run_keys.run_hash(settings, "full_ft", 0)
+    settings = identity.run_settings(cfg.to_dict(), "full_ft", "network", "")
+    return identity.run_hash(settings, "full_ft", 0)
 
 
 def test_a_changed_folder_is_prepared_again_and_its_old_copy_removed(tmp_path, decodes):
@@ -168,8 +169,9 @@ def test_fixed_split_folders_are_kept_and_val_is_carved_from_train_without_one(t
     assert {k: np.bincount(v.labels).tolist() for k, v in ds.splits.items()} == {
         "train": [10, 10], "val": [2, 2], "test": [3, 3]}
     # The test split is exactly the test folder's images (decoded the same way).
-    want = {folders._decode(os.path.join(root, "test", c, f"{i}.{'png' if i % 2 else 'jpg'}"),
-                            ds.splits["test"].images.shape[1], False).tobytes()
+    size = ds.splits["test"].images.shape[1]
+    want = {folder_store._decode(os.path.join(root, "test", c, f"{i}.{'png' if i % 2 else 'jpg'}"),
+                                 size, False).tobytes()
             for c in ("a", "b") for i in range(3)}
     assert {im.tobytes() for im in ds.splits["test"].images} == want
 
@@ -294,14 +296,14 @@ def test_a_folder_changed_while_it_is_prepared_is_an_error_not_a_stale_copy(
     # settled in would be read as the folder's (and its runs' hashes taken for the new one).
     root, store = tmp_path / "copying", tmp_path / "d"
     _make(root, per_class=6, classes=("cat", "dog"))
-    real = folders._decode
+    real = folder_store._decode
 
     def decode_while_copying(path, *args):
         if not (root / "dog" / "late.png").exists():
             _shape("square", 20, 20, np.random.default_rng(0)).save(root / "dog" / "late.png")
         return real(path, *args)
 
-    monkeypatch.setattr(folders, "_decode", decode_while_copying)
+    monkeypatch.setattr(folder_store, "_decode", decode_while_copying)
     with pytest.raises(UserError, match="changed while it was prepared"):
         data.load(str(root), data_dir=str(store))
     assert _prepared(store) == []

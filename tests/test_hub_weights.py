@@ -333,17 +333,17 @@ def test_a_model_directorys_digest_ignores_git_and_download_metadata(tmp_path):
     # Finished runs must not rerun because of that; an edited config.json is another model.
     from safetensors.numpy import save_file
 
-    from tljax import run_keys
+    from tljax.run import identity
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit"}))
     save_file({"x": np.zeros(1, np.float32)}, str(tmp_path / "model.safetensors"))
-    before = run_keys.weights_digest(str(tmp_path))
+    before = identity.weights_digest(str(tmp_path))
     for name in (".git/index", ".cache/huggingface/download/model.safetensors.metadata"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("rewritten at every fetch")
-    assert run_keys.weights_digest(str(tmp_path)) == before
+    assert identity.weights_digest(str(tmp_path)) == before
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_act": "relu"}))
-    assert run_keys.weights_digest(str(tmp_path)) != before
+    assert identity.weights_digest(str(tmp_path)) != before
 
 
 @pytest.mark.parametrize("processor", [{"rescale_factor": "x"}, {"rescale_factor": 0},

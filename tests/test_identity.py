@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tljax import cli, config, data, pretrain, run_keys, text
+from tljax import cli, config, data, text
+from tljax.run import identity, source_model
 from tljax.data import folders, textfiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,16 +46,16 @@ def test_a_source_model_trained_on_a_folder_is_retrained_when_the_folder_changes
     paths = _folder(root)
     cfg = config.transfer(model="cnn", dataset="digits:5-9")
     cfg.pretrain.dataset = root
-    first = pretrain.source_key(cfg)
-    assert pretrain.source_key(cfg) == first  # unchanged: reused
+    first = source_model.source_key(cfg)
+    assert source_model.source_key(cfg) == first  # unchanged: reused
     for path in paths:  # every image rewritten, same names
         Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(path)
-    rewritten = pretrain.source_key(cfg)
+    rewritten = source_model.source_key(cfg)
     assert rewritten != first
     _folder(root, classes=("eel",))  # a class added
-    assert pretrain.source_key(cfg) != rewritten
+    assert source_model.source_key(cfg) != rewritten
     cfg.folder_image_size = 16  # the size it is read at
-    assert pretrain.source_key(cfg) not in (first, rewritten)
+    assert source_model.source_key(cfg) not in (first, rewritten)
 
     loads = []
 
@@ -62,19 +63,19 @@ def test_a_source_model_trained_on_a_folder_is_retrained_when_the_folder_changes
         loads.append((spec, kwargs.get("folder_image_size")))
         raise KeyboardInterrupt  # far enough: the source reads its folder at that size
 
-    monkeypatch.setattr(pretrain.data, "load", load)
+    monkeypatch.setattr(source_model.data, "load", load)
     with pytest.raises(KeyboardInterrupt):
-        pretrain._train_source(cfg, str(tmp_path / "src"), print)
+        source_model._train_source(cfg, str(tmp_path / "src"), print)
     assert loads == [(root, 16)]
 
 
 @pytest.mark.parametrize("spec", ["/a/../../x:0-4@contrast:2", "../../outside", "/abs/pets",
                                   "digits:0-4@gaussian_noise:3"])
 def test_a_source_model_directory_stays_inside_the_workdir(tmp_path, spec, monkeypatch):
-    monkeypatch.setattr(run_keys, "folder_contents", lambda *a: {})  # no folder needed
+    monkeypatch.setattr(identity, "folder_contents", lambda *a: {})  # no folder needed
     cfg = config.transfer(model="cnn")
     cfg.pretrain.dataset = spec
-    key = pretrain.source_key(cfg)
+    key = source_model.source_key(cfg)
     assert os.sep not in key and key not in (".", "..") and len(key) <= 73
     parent = os.path.join(str(tmp_path), "pretrained")
     assert os.path.dirname(os.path.normpath(os.path.join(parent, key))) == parent
@@ -84,23 +85,23 @@ def test_a_catalog_source_keeps_the_key_it_had_before_folders_counted():
     cfg = config.transfer(model="cnn")
     cfg.pretrain.dataset = "digits:0-4@gaussian_noise:5"
     cfg.pretrain.steps = 600
-    assert pretrain.source_key(cfg).startswith("cnn-digits_0-4@gaussian_noise_5-600-")
+    assert source_model.source_key(cfg).startswith("cnn-digits_0-4@gaussian_noise_5-600-")
 
 
 def test_weights_replaced_by_same_size_bytes_with_the_old_mtime_are_digested_again(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(b"a" * 64)
     cache = {}
-    before = run_keys.weights_digest(str(path), cache)
+    before = identity.weights_digest(str(path), cache)
     _replace_keeping_mtime(path, b"b" * 64)
-    assert run_keys.weights_digest(str(path), cache) != before
+    assert identity.weights_digest(str(path), cache) != before
     # A checkpoint directory the same way.
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "d").write_bytes(b"x" * 32)
-    before = run_keys.weights_digest(str(ckpt), cache)
+    before = identity.weights_digest(str(ckpt), cache)
     _replace_keeping_mtime(ckpt / "d", b"y" * 32)
-    assert run_keys.weights_digest(str(ckpt), cache) != before
+    assert identity.weights_digest(str(ckpt), cache) != before
 
 
 def test_images_swapped_between_class_folders_with_mtimes_kept_are_read_again(tmp_path):
@@ -125,11 +126,11 @@ def test_a_text_file_replaced_with_its_mtime_kept_is_read_again(tmp_path):
     path.write_text(rows)
     columns = textfiles.Columns("text", "label")
     textfiles.read(str(path), columns)
-    before = run_keys.text_contents([str(path)])
+    before = identity.text_contents([str(path)])
     _replace_keeping_mtime(path, rows.replace("good", "fine").replace("bad", "sad").encode())
     _, after = textfiles.read(str(path), columns)
     assert "fine 0" in [t for split in after.values() for t in split.texts]
-    assert run_keys.text_contents([str(path)]) != before
+    assert identity.text_contents([str(path)]) != before
 
 
 def test_a_swept_tokenizer_or_weights_keeps_one_sweep_per_strategy(tmp_path):
@@ -157,8 +158,8 @@ def test_a_swept_tokenizer_or_weights_keeps_one_sweep_per_strategy(tmp_path):
             cfg = config.transfer(model="bert_minilm_l6", weights="all_minilm_l6_v2",
                                   dataset=str(dataset), **fixed)
             cfg[key] = value
-            settings = run_keys.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
-            out.add(run_keys.sweep_hash(settings, "linear_probe", {key: value}))
+            settings = identity.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
+            out.add(identity.sweep_hash(settings, "linear_probe", {key: value}))
         return out
 
     assert len(hashes("tokenizer", tokenizers)) == 1
@@ -199,8 +200,8 @@ def test_a_swept_folder_image_size_is_selected_on_validation(tmp_path, capsys):
 def test_the_strategies_of_one_config_share_a_settings_hash_and_two_configs_do_not():
     def settings_hash(strategy, **overrides):
         cfg = config.transfer(model="cnn6", dataset="digits:5-9", **overrides)
-        settings = run_keys.run_settings(cfg.to_dict(), strategy, "network", "w")
-        return run_keys.settings_hash(settings, {})
+        settings = identity.run_settings(cfg.to_dict(), strategy, "network", "w")
+        return identity.settings_hash(settings, {})
 
     one = {settings_hash(s) for s in ("transfer_n:1", "transfer_n:2", "transfer_n+:3")}
     assert len(one) == 1
@@ -214,20 +215,20 @@ def test_a_folder_copied_back_or_chmod_ed_keeps_its_runs_and_its_prepared_copy(
     root, store = str(tmp_path / "pets"), str(tmp_path / "data")
     paths = _folder(root)
     data.load(root, data_dir=store)
-    before = run_keys.folder_contents([root], store)
+    before = identity.folder_contents([root], store)
     decoded = []
     monkeypatch.setattr(folders, "_decode", lambda *a: decoded.append(a) or pytest.fail(
         "decoded again"))
     for path in paths:
         os.chmod(path, 0o600)
-    assert run_keys.folder_contents([root], store) == before
+    assert identity.folder_contents([root], store) == before
     shutil.copytree(root, tmp_path / "backup", copy_function=shutil.copy2)
     shutil.rmtree(root)
     shutil.copytree(tmp_path / "backup", root, copy_function=shutil.copy2)
-    assert run_keys.folder_contents([root], store) == before
+    assert identity.folder_contents([root], store) == before
     data.load(root, data_dir=store)
     assert decoded == []
     # Elsewhere, the same bytes are the same content too (a per-host copy).
     copy = str(tmp_path / "copy")
     shutil.copytree(root, copy)
-    assert list(run_keys.folder_contents([copy], store).values()) == list(before.values())
+    assert list(identity.folder_contents([copy], store).values()) == list(before.values())

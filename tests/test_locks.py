@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from tljax import locks
-from tljax.data import folders
+from tljax.data import folder_store, folders
 
 
 def _python(code: str, log) -> subprocess.Popen:
@@ -43,11 +43,11 @@ def test_a_folder_another_process_is_preparing_is_waited_for_then_read(tmp_path)
     key = folders.folder_key(scan, 0)
     log = tmp_path / "other.log"
     with locks.held(locks.lock_path(data_dir, f"{folders.BUILDER}-{key}"), "the test"):
-        other = _python(f"from tljax.data import folders\n"
-                        f"print('dir', folders.prepare({root!r}, {data_dir!r}).dir)", log)
+        other = _python(f"from tljax.data import folder_store\n"
+                        f"print('dir', folder_store.prepare({root!r}, {data_dir!r}).dir)", log)
         _wait_for(f"waiting for another process to finish preparing image folder {root}",
                   log, other)
-        mine = folders._write(root, scan, key, data_dir, 0)  # what the lock's holder does
+        mine = folder_store._write(root, scan, key, data_dir, 0)  # what the lock's holder does
         time.sleep(0.5)
         assert other.poll() is None  # still waiting: it does not decode a copy of its own
     assert other.wait(120) == 0, open(log).read()

@@ -8,7 +8,8 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import traverse_util
 
-from tljax import checkpoint, cli, models, run_keys, strategies
+from tljax import checkpoint, cli, models, strategies
+from tljax.run import identity
 from tljax.errors import UserError
 
 CONFIG = '''
@@ -103,10 +104,10 @@ def test_transfer_n_range_and_listing():
 def test_reinit_rules_change_the_run_hash():
     cfg = {"model": "cnn", "rules": {"mine": [["backbone/.*", "train"], ["head/.*", "train"]]}}
     other = {"model": "cnn", "rules": {"mine": [["backbone/.*", "reinit"], ["head/.*", "train"]]}}
-    hashes = {run_keys.run_hash(run_keys.run_settings(c, "mine", "network", "w"), "mine", 0)
+    hashes = {identity.run_hash(identity.run_settings(c, "mine", "network", "w"), "mine", 0)
               for c in (cfg, other)}
-    settings = run_keys.run_settings(cfg, "transfer_n:1", "network", "w")
-    hashes |= {run_keys.run_hash(settings, s, 0) for s in ("transfer_n:1", "transfer_n+:1")}
+    settings = identity.run_settings(cfg, "transfer_n:1", "network", "w")
+    hashes |= {identity.run_hash(settings, s, 0) for s in ("transfer_n:1", "transfer_n+:1")}
     assert len(hashes) == 4
 
 

@@ -5,10 +5,10 @@ import glob
 import json
 import os
 
-import numpy as np
 import pytest
 
-from tljax import cli, config, data, fit_paths, report, sweep
+from tljax import cli, config, data, report
+from tljax.run import sweep
 from tljax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +103,7 @@ def test_dry_run_rejects_a_bad_name_or_setting_in_one_line(setting, message, cap
 
 
 def test_dry_run_lists_the_data_a_swept_dataset_needs(tmp_path, monkeypatch, capsys):
-    from tljax import dryrun
+    from tljax.run import dryrun
 
     # Only cifar10 is unprepared here (and no TFDS builder is constructed by this test).
     monkeypatch.setattr(dryrun, "_prepared", lambda name, data_dir: name != "cifar10")
@@ -151,34 +151,8 @@ def get_config():
 '''
 
 
-def _stub_stages(monkeypatch):
-    """Replaces training by stubs that score a run by its settings alone (lr 3e-2 or L2 1.0
-    is right on every split, anything else wrong on val) and note the train split's size:
-    the sweep's phases, run records and report are real, and nothing compiles."""
-    def logits(run, right):
-        out = {}
-        for name, (_, ys) in run.inputs.splits.items():
-            wrong = name == "val" and not right
-            out[name] = np.eye(run.inputs.num_classes)[(ys + wrong) % run.inputs.num_classes]
-        return out
-
-    def network(run):
-        run.logits = logits(run, run.run_cfg.lr == 3e-2)
-        run.record.update(steps=run.run_cfg.steps, n_train=len(run.inputs.splits["train"][1]))
-
-    def probe(run):
-        grid = list(run.cfg.probe_l2_grid)
-        chosen = 1.0 if 1.0 in grid else grid[0]
-        run.logits = logits(run, True)
-        run.record["probe"] = {"l2": chosen, "sweep": [{"l2": v} for v in grid],
-                               "train_examples": len(run.inputs.splits["train"][1])}
-
-    monkeypatch.setitem(fit_paths.STAGES, "network", (network,))
-    monkeypatch.setitem(fit_paths.STAGES, "probe", (probe,))
-
-
-def test_final_fit_refits_the_point_selected_on_val_on_train_plus_val(tmp_path, monkeypatch):
-    _stub_stages(monkeypatch)
+def test_final_fit_refits_the_point_selected_on_val_on_train_plus_val(tmp_path,
+                                                                     stubbed_training):
     path = tmp_path / "final_fit.py"
     path.write_text(FINAL_FIT)
     cfg, workdir = config.load(str(path)), str(tmp_path / "w")
@@ -258,7 +232,7 @@ def test_published_numbers_filled_in_after_the_runs_show_in_the_rerun_report(
             "published": {"test": 0.99}, "published_source": "stale",
             "metrics": {s: {"accuracy": 0.9} for s in ("train", "val", "test")}}
     (workdir / "results.jsonl").write_text(json.dumps(done) + "\n")
-    monkeypatch.setattr(sweep, "run", lambda cfg, workdir, log: [])  # every run finished
+    monkeypatch.setattr(sweep, "run_plan", lambda *args: [])  # every run finished
     assert cli.main(["run", str(path), "--workdir", str(workdir), "--set",
                      "published.linear_probe=0.25", "--set",
                      'published_source="Nobody et al. 2099, Table 9"']) == 0

@@ -8,7 +8,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tljax import checkpoint, cli, config, data, models, pretrain
+from tljax import checkpoint, cli, config, data, models
+from tljax.run import source_model
 from tljax.errors import UserError
 from tljax.report import plots, transfer
 
@@ -69,9 +70,9 @@ def test_pretrain_mix_adds_each_views_training_split_and_names_the_source():
     cfg.pretrain.dataset = "digits:0-4"
     model = models.create("cnn", 5)
     ds = data.load("digits:0-4")
-    x, y = pretrain._train_split(cfg, ds, model.preprocessing)
+    x, y = source_model._train_split(cfg, ds, model.preprocessing)
     cfg.pretrain.mix = ["digits:0-4@invert:5"]
-    mixed_x, mixed_y = pretrain._train_split(cfg, ds, model.preprocessing)
+    mixed_x, mixed_y = source_model._train_split(cfg, ds, model.preprocessing)
     n = len(y)
     assert len(mixed_y) == 2 * n
     np.testing.assert_array_equal(mixed_y, np.concatenate([y, y]))
@@ -80,11 +81,11 @@ def test_pretrain_mix_adds_each_views_training_split_and_names_the_source():
     # A source trained on other data is another source (another checkpoint directory).
     plain = config.transfer(model="cnn", dataset="digits:5-9")
     plain.pretrain.dataset = "digits:0-4"
-    assert pretrain.source_key(cfg) != pretrain.source_key(plain)
+    assert source_model.source_key(cfg) != source_model.source_key(plain)
     cfg.pretrain.mix = ["digits:0-2@invert:5"]
     with pytest.raises(UserError, match="pretrain.mix dataset 'digits:0-2@invert:5' has 3 "
                                         "classes; pretrain.dataset 'digits:0-4' has 5"):
-        pretrain._train_split(cfg, ds, model.preprocessing)
+        source_model._train_split(cfg, ds, model.preprocessing)
 
 
 def _row(strategy, test, experiment):

@@ -10,7 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tljax import checkpoint, cli, config, models, sweep
+from tljax import checkpoint, cli, config, models
+from tljax.run import plan, source_model
+from tljax.run import records as run_records
 from tljax.errors import UserError
 
 CONFIG = '''
@@ -184,7 +186,7 @@ def test_append_record_is_one_complete_line(tmp_path):
     path = str(tmp_path / "r.jsonl")
     with open(path, "w") as f:
         f.write('{"torn": ')
-    sweep.append_record(path, {"a": np.float32(1.5), "b": np.int64(2)})
+    run_records.append_record(path, {"a": np.float32(1.5), "b": np.int64(2)})
     assert open(path).read().splitlines()[1] == '{"a": 1.5, "b": 2}'
 
 
@@ -218,33 +220,31 @@ def test_per_strategy_grids_replace_the_global_list():
     c = config.transfer(strategies=["linear_probe", "bitfit", "full_ft"])
     c.sweep = {"lr": [1e-4, 1e-3], "weight_decay": [0.0, 0.1]}
     c.per_strategy = {"bitfit": {"sweep": {"lr": [1e-2, 1e-1]}}, "full_ft": {"lr": 3e-4}}
-    assert sweep.strategy_grid(c, "linear_probe") == {}  # reads neither
-    assert sweep.strategy_grid(c, "bitfit") == {"lr": [1e-2, 1e-1], "weight_decay": [0.0, 0.1]}
-    assert sweep.strategy_grid(c, "full_ft") == {"weight_decay": [0.0, 0.1]}
-    eff = sweep.effective_config(c, "full_ft", {"weight_decay": 0.1})
+    assert plan.strategy_grid(c, "linear_probe") == {}  # reads neither
+    assert plan.strategy_grid(c, "bitfit") == {"lr": [1e-2, 1e-1], "weight_decay": [0.0, 0.1]}
+    assert plan.strategy_grid(c, "full_ft") == {"weight_decay": [0.0, 0.1]}
+    eff = plan.effective_config(c, "full_ft", {"weight_decay": 0.1})
     assert (eff.lr, eff.weight_decay, dict(eff.per_strategy)) == (3e-4, 0.1, {})
     c.per_strategy = {"bitfit": {"lr": 1e-2, "sweep": {"lr": [1e-2]}}}
     with pytest.raises(UserError, match="both fixes and sweeps 'lr'"):
-        sweep.strategy_grid(c, "bitfit")
+        plan.strategy_grid(c, "bitfit")
 
 
 def test_the_source_model_key_covers_every_setting_its_training_reads():
-    from tljax import pretrain
-
     base = config.transfer(model="cnn")
     base.pretrain.dataset = "digits:0-4"
-    key = pretrain.source_key(base)
+    key = source_model.source_key(base)
     for setting in (["optimizer=sgd"], ["momentum=0.5"], ["weight_decay=0.1"],
                     ["grad_clip=0.5"], ["warmup_steps=3"], ["pretrain.lr=0.1"],
                     ["pretrain.seed=1"], ["image_size=16"]):
         changed = config.apply_overrides(config.transfer(model="cnn"),
                                          ["pretrain.dataset=digits:0-4", *setting])
-        assert pretrain.source_key(changed) != key, setting
+        assert source_model.source_key(changed) != key, setting
     # What the source's training never reads leaves it alone.
     same = config.apply_overrides(config.transfer(model="cnn"),
                                   ["pretrain.dataset=digits:0-4", "l2sp_alpha=0.5",
                                    "log_every=3", "shots=5"])
-    assert pretrain.source_key(same) == key
+    assert source_model.source_key(same) == key
 
 
 
@@ -275,14 +275,12 @@ def test_per_strategy_settings_for_a_strategy_not_run_are_named(tmp_path, capsys
 
 
 def test_a_source_model_trained_before_new_pretrain_keys_existed_is_still_reused():
-    from tljax import pretrain
-
     # The key the default source had when it was first recorded: a workdir holding that
     # source reuses it rather than training (and digesting) another.
     for model in ("", "cnn"):  # '' = the default: no weights to take a model from, so cnn
         cfg = config.transfer(model=model)
         cfg.pretrain.dataset = "digits:0-4"
-        assert pretrain.source_key(cfg) == "cnn-digits_0-4-500-907da004b298"
+        assert source_model.source_key(cfg) == "cnn-digits_0-4-500-907da004b298"
 
 
 def test_a_k_shot_run_scores_train_on_the_examples_it_trained_on(tmp_path, monkeypatch):

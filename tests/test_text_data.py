@@ -190,12 +190,13 @@ def test_tokens_are_cached_by_content_tokenizer_and_length(tmp_path, monkeypatch
 
 
 def test_an_edited_text_file_is_another_run_and_image_runs_ignore_text_keys(tmp_path):
-    from tljax import config, run_keys
+    from tljax import config
+    from tljax.run import identity
 
     def run_hash(**overrides):
         cfg = config.transfer(model="bert_minilm_l6", weights="all_minilm_l6_v2", **overrides)
-        settings = run_keys.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
-        return run_keys.run_hash(settings, "linear_probe", 0)
+        settings = identity.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
+        return identity.run_hash(settings, "linear_probe", 0)
 
     path = _write(tmp_path / "reviews.csv", _reviews())
     before = run_hash(dataset=path)
@@ -289,12 +290,13 @@ def test_split_values_are_read_as_image_split_folders_are(tmp_path):
 
 
 def test_the_tokenizer_a_run_uses_is_part_of_its_identity_wherever_it_comes_from(tmp_path):
-    from tljax import config, run_keys
+    from tljax import config
+    from tljax.run import identity
 
     def run_hash(**overrides):
         cfg = config.transfer(model="bert_minilm_l6", **overrides)
-        settings = run_keys.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
-        return run_keys.run_hash(settings, "linear_probe", 0)
+        settings = identity.run_settings(cfg.to_dict(), "linear_probe", "probe", "w")
+        return identity.run_hash(settings, "linear_probe", 0)
 
     dataset = _write(tmp_path / "reviews.csv", _reviews())
     shipped = os.path.join(os.path.dirname(zoo.path("all_minilm_l6_v2")), "tokenizer.json")

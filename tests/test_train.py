@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from tljax import config, models, optim, strategies, sweep, train
+from tljax import config, models, optim, strategies, train
+from tljax.run import sweep
 
 
 def _one_sgd_step(scale: float, lr: float = 1e38):

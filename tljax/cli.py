@@ -25,7 +25,7 @@ def _cmd_run(args) -> int:
     from tljax import config, parallel
 
     if args.dry_run:  # validation and the plan only: no data, no training, nothing written
-        from tljax import dryrun
+        from tljax.run import dryrun
 
         cfg = config.load(args.config)
         config.apply_overrides(cfg, args.set or [])
@@ -85,18 +85,22 @@ def _crash_line(e: BaseException) -> str:
 def _run(args) -> int:
     import jax
 
-    from tljax import config, experiment, parallel, report, sweep
+    from tljax import config, parallel, report
+    from tljax.run import settings, sweep
 
     cfg = config.load(args.config)
     config.apply_overrides(cfg, args.set or [])
     workdir = args.workdir or os.path.join("runs", cfg.experiment)
     prefix = parallel.process_prefix()  # which process speaks, when there are several
-    records = sweep.run(cfg, workdir, log=lambda msg: print(f"{prefix}{msg}", file=sys.stderr))
+    log = lambda msg: print(f"{prefix}{msg}", file=sys.stderr)  # noqa: E731
+    the_plan, resources = sweep.prepare(cfg, workdir, log)  # the config's last reader
+    records = sweep.run_plan(the_plan, resources, workdir, log)
     if jax.process_index() == 0:  # one writer in a multi-process run
-        all_records = experiment.with_published(
-            cfg, report.read_results(os.path.join(workdir, "results.jsonl")))
-        print(report.write(all_records, workdir, title=cfg.experiment,
-                           metric=cfg.select_metric))
+        all_records = settings.with_published(
+            the_plan.experiment, the_plan.published,
+            report.read_results(os.path.join(workdir, "results.jsonl")))
+        print(report.write(all_records, workdir, title=the_plan.experiment,
+                           metric=the_plan.select_metric))
     print(f"{prefix}results: {os.path.join(workdir, 'results.jsonl')} ({len(records)} new "
           "runs)", file=sys.stderr)
     return 0 if all(r["status"] == "ok" for r in records) else 1
@@ -227,15 +231,19 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_probe(args) -> int:
-    from tljax import config, experiment
+    from tljax import config
+    from tljax.run import sweep
 
+    # A plan like any other: the cached-feature probe, one run per shots value and seed.
     cfg = config.transfer(experiment="probe", model=args.model, weights=args.weights or "",
-                          dataset=args.dataset)
-    overrides = [f"probe_solver={args.solver}"]
+                          dataset=args.dataset, strategies=["linear_probe"])
+    overrides = [f"probe_solver={args.solver}", f"seeds={list(args.seeds)}",
+                 f"sweep={{\"shots\": {list(args.shots)}}}"]
     if args.image_size:
         overrides.append(f"image_size={args.image_size}")
     config.apply_overrides(cfg, overrides)
-    rows = experiment.probe_sweep(cfg, args.shots, args.seeds)
+    rows = [{"shots": r["shots"], "seed": r["seed"], "metrics": r["metrics"], **r["probe"]}
+            for r in sweep.probe_only(cfg)]
     print("| shots | seeds | solver | L2 (per seed) | val acc | test acc (mean ± std) | "
           "extract s | solve s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -93,8 +93,10 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.accum_steps = 1
     c.checkpoint_every = 100
     c.log_every = 50
+    # Steps between validation points of a run's curves (TensorBoard; 0: at the end only).
+    c.val_every = 0
     # A source model trained by the experiment itself, saved and loaded back as weights.
-    # Sweeps (tljax.sweep): key -> list of values, run as a grid x strategies x seeds
+    # Sweeps (tljax.run.plan): key -> list of values, run as a grid x strategies x seeds
     # (per strategy too: per_strategy.NAME.sweep); the point with the best mean validation
     # select_metric is selected. select_seeds=N runs the grid on the first N seeds only and
     # then the selected point on the rest (0 = every point on every seed).
@@ -315,7 +317,8 @@ KEY_HELP = {
     "compute_dtype": "float32 | bfloat16 (params and optimizer state stay float32)",
     "accum_steps": "micro-batches per update (gradient accumulation)",
     "checkpoint_every": "steps between checkpoints",
-    "log_every": "steps between log lines",
+    "log_every": "steps between log lines (and points of the training curves)",
+    "val_every": "steps between validation points of the curves (0: the last step only)",
     "sweep": "key -> list of values, run as a grid x strategies x seeds",
     "select_seeds": "run the sweep grid on the first N seeds only (0 = all seeds)",
     "select_metric": "validation metric that picks the sweep point",

@@ -230,7 +230,8 @@ def _check_finite(state, step: int, post_update_loss, images, labels) -> None:
 def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
         desc: str = "train", log_every: int = 50, start_step: int = 0,
         checkpoint: Callable | None = None, checkpoint_every: int = 0,
-        post_update_loss: Callable | None = None) -> tuple:
+        post_update_loss: Callable | None = None, evaluate: Callable | None = None,
+        evaluate_every: int = 0) -> tuple:
     """Runs steps ``start_step + 1 .. num_steps`` over ``batches``.
 
     Returns ``(state, history, seconds)``: ``history`` holds ``{"step", "loss",
@@ -239,7 +240,9 @@ def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
     ``checkpoint_every`` steps and at the end, only once the loss is known to have been
     finite at every step so far and the updated state is finite (every float leaf of
     params, batch_stats and optimizer state), and, where ``post_update_loss(state, images,
-    labels)`` is given (``make_eval_loss``), its loss on the last batch too. A step's loss
+    labels)`` is given (``make_eval_loss``), its loss on the last batch too.
+    ``evaluate(state, step)`` is called every ``evaluate_every`` steps (the caller's
+    validation curve; it must not change the state). A step's loss
     is computed before its update, so these checks, also run at the end with or without a
     checkpoint, are what sees a divergence in the last step. Any of them failing raises
     ``FloatingPointError`` naming the step.
@@ -268,5 +271,7 @@ def fit(step: Callable, state: TrainState, batches: Iterator, num_steps: int,
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
         if save:
             checkpoint(state, i + 1)
+        if evaluate is not None and evaluate_every and (i + 1) % evaluate_every == 0:
+            evaluate(state, i + 1)
     jax.block_until_ready(state.params)
     return state, history, time.perf_counter() - start

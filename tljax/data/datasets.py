@@ -13,17 +13,15 @@ containing ``/`` is a path to an image folder (``tljax.data.folders``: a directo
 class folders, prepared once into the data dir as array_record).
 """
 
-import contextlib
 import dataclasses
 import functools
-import io
-import os
 import sys
 
 import numpy as np
 
 from tljax import locks
 from tljax.data import corruptions, textfiles
+from tljax.data.tfds_env import default_data_dir, quiet_tfds
 from tljax.errors import UserError, unknown
 
 BUILTIN = ("digits",)
@@ -31,12 +29,6 @@ TEXT_BUILTIN = ("vader",)  # built-in text datasets, read from an installed pack
 SPLITS = ("train", "val", "test")
 # How tljax's split names map onto a catalog dataset's own, where it has no validation split.
 CATALOG_SPLITS = {"train": "train[:90%]", "val": "train[90%:]", "test": "test"}
-
-
-def default_data_dir() -> str:
-    """Returns ``$TLJAX_DATA_DIR``, else ``~/.cache/tljax/tensorflow_datasets``."""
-    return os.environ.get("TLJAX_DATA_DIR",
-                          os.path.expanduser("~/.cache/tljax/tensorflow_datasets"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,29 +118,6 @@ def check_known(name: str) -> None:
 BUILTIN_SOURCES = {"digits": "scikit-learn's bundled handwritten digits; no download"}
 
 
-@contextlib.contextmanager
-def _quiet_tfds(swallow_prints: bool):
-    """Runs its body with absl at ERROR and tfds's progress bars off; with ``swallow_prints``
-    also drops what tfds prints to stdout ("Downloading and preparing dataset Unknown size",
-    which for a built-in builder reads like a download).
-    """
-    import tensorflow_datasets as tfds
-    from absl import logging
-
-    verbosity = logging.get_verbosity()
-    logging.set_verbosity(logging.ERROR)
-    tfds.display_progress_bar(False)
-    try:
-        if swallow_prints:
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-        else:
-            yield
-    finally:
-        tfds.display_progress_bar(True)
-        logging.set_verbosity(verbosity)
-
-
 def _builder(name: str, data_dir: str):
     import tensorflow_datasets as tfds
 
@@ -178,14 +147,14 @@ def _prepared_builder(name: str, data_dir: str, download: bool, folder_dir: str 
     tfds's own download report. An image folder is read from ``folder_dir``, its prepared
     copy (``folder_dir(name, ...)``), or prepared here at the default size.
     """
-    from tljax.data import folders
+    from tljax.data import folder_store, folders
 
     if folders.is_folder_spec(name):
         import tensorflow_datasets as tfds
 
-        return tfds.builder_from_directory(folder_dir or folders.prepare(name, data_dir).dir)
+        return tfds.builder_from_directory(folder_dir or folder_store.prepare(name, data_dir).dir)
     builtin = name in BUILTIN
-    with _quiet_tfds(swallow_prints=builtin):
+    with quiet_tfds(swallow_prints=builtin):
         builder = _builder(name, data_dir)
         if builder.is_prepared():
             return builder
@@ -212,9 +181,9 @@ def folder_dir(name: str, data_dir: str, folder_image_size: int = 0) -> str:
     """Returns the TFDS directory of image folder ``name`` prepared under ``data_dir``
     (decoded only when the folder changed since), or '' when ``name`` is not a path. The
     directory is named by the folder's content, so it keys caches of what is read."""
-    from tljax.data import folders
+    from tljax.data import folder_store, folders
 
-    return folders.prepare(name, data_dir, folder_image_size).dir \
+    return folder_store.prepare(name, data_dir, folder_image_size).dir \
         if kind(name) == "image" and folders.is_folder_spec(name) else ""
 
 

@@ -17,7 +17,7 @@ def preprocess(images: np.ndarray, prep) -> np.ndarray:
     uint8 images are scaled to [0, 1]; grey becomes RGB by repetition and RGB becomes grey
     by averaging; the resize is bilinear with antialiasing; then ``(x - mean) / std`` with
     the model's (or weights') own statistics. A streamed split's ``Records``
-    (``tljax.data.streaming``) give lazy ``ModelInputs``, preprocessed batch by batch.
+    (``tljax.data.lazy``) give lazy ``ModelInputs``, preprocessed batch by batch.
     """
     if hasattr(images, "model_inputs"):
         return images.model_inputs(prep)
@@ -55,7 +55,7 @@ def batches(images, labels: np.ndarray, batch_size: int, seed: int,
 
     The order depends on ``seed`` alone, so a run is reproducible end to end; ``skip``
     starts after that many batches (a resumed run sees the batches it would have seen).
-    ``images`` is an array, or a streamed split (``tljax.data.streaming.ModelInputs``),
+    ``images`` is an array, or a streamed split (``tljax.data.lazy.ModelInputs``),
     whose batches are read and preprocessed ahead on worker threads in the same order.
     ``rows`` (positions in a batch) keeps only those rows of every batch: what one process
     of a multi-process run loads of each global batch.

@@ -14,6 +14,7 @@ import os
 from tljax.errors import UserError
 from tljax.models import bert, resnet, vit
 from tljax.models.classifier import Classifier
+from tljax.models import registry
 from tljax.models.registry import IMAGENET_MEAN, IMAGENET_STD, Model, Preprocessing
 from tljax.weights import hub as files
 
@@ -218,8 +219,6 @@ def _architecture(backbone) -> dict:
 def _check_agrees(directory: str, kind: str, backbone, model: str) -> None:
     """Raises ``UserError`` naming both unless registered ``model`` is of the directory's
     family with the same sizes."""
-    from tljax.models import registry
-
     if model not in registry.names():
         raise UserError(f"unknown model {model!r}; known: {', '.join(registry.names())}, or "
                         f"leave it unset to take the model of weights {directory!r} ({kind})")

@@ -151,13 +151,8 @@ def create(name: str, num_classes: int, image_size: int | None = None,
     """Returns the named model with a fresh ``num_classes``-way head.
 
     ``image_size``/``channels`` override the family's input spec (e.g. ResNet on 64 px; a
-    ViT is built for its size). ``name`` may also be a Hugging Face model directory (see
-    ``hub``). Raises ``UserError`` for values the model cannot take.
+    ViT is built for its size). Raises ``UserError`` for values the model cannot take.
     """
-    from tljax.models import hub  # hub builds on this module
-
-    if name not in _FAMILIES and hub.is_model_dir(name):
-        return hub.create(name, num_classes, image_size, channels)
     if name not in _FAMILIES:
         raise unknown("model", name, names())
     family = _FAMILIES[name]

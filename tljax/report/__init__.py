@@ -11,7 +11,7 @@ with a sample std, a t interval over seeds and a bootstrap interval over test ex
 import json
 import os
 
-from tljax.report import plots, selection, tables, transfer
+from tljax.report import learning, plots, selection, tables, transfer
 from tljax.report.records import read_results, read_workdirs
 from tljax.report.selection import METRICS, Selection, select
 from tljax.report.stats import decode_correct, encode_correct
@@ -75,8 +75,14 @@ def _markdown(records, selections, rows, title, metric) -> str:
 def write_plots(records: list, out_dir: str, metric: str = "accuracy") -> list:
     """Writes the report's PNG figures that have data into ``out_dir``; returns their paths."""
     selections = select(records, metric)
-    return plots.write_all(tables.summary_rows(selections), selections, out_dir,
-                           _several_configs(records))
+    return _plots(tables.summary_rows(selections), selections, out_dir,
+                  _several_configs(records))
+
+
+def _plots(rows: list, selections: list, out_dir: str, several: bool) -> list:
+    paths = plots.write_all(rows, selections, out_dir, several)
+    curves = learning.learning_curves(selections, out_dir, several)
+    return paths + ([curves] if curves else [])
 
 
 def write(records: list, workdir: str, title: str = None, metric: str = "accuracy") -> str:
@@ -91,5 +97,5 @@ def write(records: list, workdir: str, title: str = None, metric: str = "accurac
     tables.write_csv(os.path.join(workdir, "summary.csv"), tables.flat_summary(rows))
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(tables.summary_json(rows, len(records)), f, indent=1)
-    plots.write_all(rows, selections, os.path.join(workdir, "plots"), _several_configs(records))
+    _plots(rows, selections, os.path.join(workdir, "plots"), _several_configs(records))
     return text

@@ -20,6 +20,14 @@ def _figure(n_panels: int = 1):
     return fig, axes
 
 
+def _figure_grid(rows: int, cols: int) -> tuple:
+    """Returns ``(figure, flat list of rows x cols axes)``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.6 * cols, 3.8 * rows), layout="constrained")
+    return fig, list(fig.subplots(rows, cols, squeeze=False).ravel())
+
+
 def _save(fig, out_dir: str, name: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)

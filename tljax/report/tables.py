@@ -63,7 +63,7 @@ def summary_rows(selections: list) -> list:
             / max(first.get("total_params", 0), 1),
             "train_seconds": _mean([r.get("train_seconds", math.nan) for r in rs]),
             "features": _features(rs),
-            # The paper's numbers (tljax.experiment.published_numbers), shown beside ours.
+            # The paper's numbers (tljax.run.settings.published_numbers), shown beside ours.
             "published": next((r["published"] for r in rs if r.get("published")), {}),
             "published_source": next((r["published_source"] for r in rs
                                       if r.get("published_source")), ""),

@@ -6,9 +6,23 @@ fills a model's backbone from them, strictly, keeping its fresh head unless aske
 
 import numpy as np
 
-from tljax.weights.readers import FORMATS, read
+import os
+
+from tljax.errors import UserError
+from tljax.weights import hub
+from tljax.weights.readers import FORMATS, read_file
 from tljax.weights.strict import assign, flatten_variables
 from tljax.weights.torch_names import is_tljax_naming, to_tljax
+
+
+def read(path: str) -> dict:
+    """Returns ``{stored name: np.ndarray}`` from the weights at ``path``: a file or orbax
+    checkpoint in any known format, or a Hugging Face model directory."""
+    if not os.path.exists(path):
+        raise UserError(f"weights not found: {path!r}")
+    if hub.is_model_dir(path):  # config.json + weights
+        return hub.read_dir(path)
+    return read_file(path)
 
 
 def load(source: str, variables: dict, torch_names: dict | None = None,

@@ -11,6 +11,7 @@ import json
 import os
 
 from tljax.errors import UserError
+from tljax.weights.readers import read_file
 
 CONFIG = "config.json"
 # In the order Hugging Face itself prefers them: safetensors first, one file before shards.
@@ -79,11 +80,9 @@ def read_dir(directory: str) -> dict:
     the shard it names, and every tensor of a shard is in the index (else one error names
     each one); a shard is a plain file name inside the directory.
     """
-    from tljax.weights.readers import read  # readers dispatches directories here
-
     path = weights_file(directory)
     if not path.endswith(".index.json"):
-        return read(path)
+        return read_file(path)
     index = read_json(directory, os.path.basename(path))
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
@@ -95,7 +94,7 @@ def read_dir(directory: str) -> dict:
             raise UserError(f"{path!r} names shard {shard!r}, not a file in {directory!r}")
     tensors, problems = {}, []
     for shard in shards:
-        stored = read(os.path.join(directory, shard))
+        stored = read_file(os.path.join(directory, shard))
         listed = {k for k, v in weight_map.items() if v == shard}
         for name in sorted(listed - set(stored)):
             problems.append(f"{name} (indexed in {shard}, not in it)")

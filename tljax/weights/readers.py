@@ -1,8 +1,6 @@
 """Weight files -> flat ``{stored name: np.ndarray}``, by format, without torch or TF.
 
-The format is told from the content, not the suffix: a Hugging Face model directory
-(``config.json`` beside safetensors or torch weights, see ``hub``), an orbax directory,
-safetensors (8-byte header length + JSON), HDF5 (Keras ``.h5``), ``.npz`` (a zip of ``.npy``), and
+The format is told from the content, not the suffix: an orbax directory, safetensors (8-byte header length + JSON), HDF5 (Keras ``.h5``), ``.npz`` (a zip of ``.npy``), and
 torch checkpoints (a zip with ``data.pkl``, or the legacy pickle stream).
 """
 
@@ -16,7 +14,7 @@ import zlib
 import numpy as np
 
 from tljax.errors import UserError
-from tljax.weights import hub, torch_pickle
+from tljax.weights import torch_pickle
 from tljax.weights.hdf5 import read_h5
 
 FORMATS = ("orbax directory", "safetensors", "torch .pth/.bin (zip or legacy)", "npz",
@@ -193,12 +191,11 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return 2 <= n <= min(size - 8, _MAX_SAFETENSORS_HEADER)
 
 
-def read(path: str) -> dict:
-    """Returns ``{name: np.ndarray}`` from the weights at ``path``, in any known format."""
+def read_file(path: str) -> dict:
+    """Returns ``{name: np.ndarray}`` from the weights file (or orbax directory) at ``path``,
+    in any known format; a Hugging Face model directory is ``tljax.weights.hub``'s."""
     if not os.path.exists(path):
         raise UserError(f"weights not found: {path!r}")
-    if hub.is_model_dir(path):  # config.json + weights: a Hugging Face model directory
-        return hub.read_dir(path)
     if os.path.isdir(path):
         return read_orbax(path)
     with open(path, "rb") as f:

@@ -1,7 +1,8 @@
 """``tljax run --dry-run``: a config checked in full, and its plan, without data or training.
 
-Every name and setting is validated as a real run validates it (``experiment.validate``
-over the config and over each strategy's grid points, ``per_strategy`` entries included):
+Every name and setting is validated as a real run validates it (``plan.grid_points``:
+``checks.validate`` over the config and each strategy's grid points, ``per_strategy``
+entries included):
 the model exists, each strategy resolves to rules over the model's param shapes
 (``jax.eval_shape``: no weights read, nothing allocated), dataset specs parse and name a
 built-in, a TFDS catalog name or a path, sweep keys are real keys. What a real run would
@@ -11,17 +12,19 @@ data) is listed as ``needs:`` lines and is not an error. Nothing is written.
 
 import os
 
-from tljax import data, experiment, sweep
+from tljax import data
+from tljax.run import checks, plan
+from tljax.run.settings import published_numbers, training_path
 
 
 def _prepared(name: str, data_dir: str) -> bool:
     """Returns whether TFDS catalog dataset ``name`` is prepared under ``data_dir``."""
     import tensorflow_datasets as tfds
 
-    from tljax.data.datasets import _quiet_tfds
+    from tljax.data.tfds_env import quiet_tfds
 
     try:
-        with _quiet_tfds(swallow_prints=True):
+        with quiet_tfds(swallow_prints=True):
             return tfds.builder(name, data_dir=data_dir).is_prepared()
     except Exception:  # a builder that cannot even be constructed here is not prepared
         return False
@@ -82,8 +85,8 @@ def describe(cfg, source: str = "") -> str:
     """Returns the dry run's text: the plan and ``needs:`` lines. Raises ``UserError`` (one
     line, naming the bad value) when a name or setting is invalid."""
     needs = []
-    model = experiment.validate(cfg, only=(), needs=needs)
-    points = sweep.plan(cfg, needs=needs)  # every grid point's effective config, validated
+    model = checks.validate(cfg, only=(), needs=needs)
+    points = plan.grid_points(cfg, needs=needs)  # every grid point's effective config, validated
     seeds = [int(s) for s in cfg.seeds]
     lines = [f"dry run of {source or cfg.experiment}: valid; nothing trained or written",
              f"model {model.name} ({model.preprocessing.kind}), weights "
@@ -98,12 +101,12 @@ def describe(cfg, source: str = "") -> str:
         groups = len({(p.cfg.dataset, p.cfg.shots) for p in grid})  # selection is per group
         runs, how = _runs(len(grid), groups, len(seeds), cfg.select_seeds, cfg.final_fit)
         total += runs
-        swept = sweep.strategy_grid(cfg, strategy)
+        swept = plan.strategy_grid(cfg, strategy)
         text = ", ".join(f"{k}={v}" for k, v in sorted(swept.items())) or "nothing swept"
-        lines.append(f"  {strategy:<18} {experiment.training_path(strategy):<13} grid: {text}; "
+        lines.append(f"  {strategy:<18} {training_path(strategy):<13} grid: {text}; "
                      f"{how} = {runs} runs")
         if strategy in cfg.published:
-            lines[-1] += f"; published {experiment.published_numbers(cfg, strategy)['published']}"
+            lines[-1] += f"; published {published_numbers(cfg, strategy)['published']}"
     lines.append(f"runs in all: {total}")
     for key in ("per_strategy", "published"):
         for name in cfg[key].keys():

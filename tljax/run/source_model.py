@@ -1,7 +1,9 @@
 """A source model the experiment trains itself, saved with orbax and loaded back as weights.
 
 Used when ``weights`` is empty and ``pretrain.dataset`` is set: the self-pretrained
-route of the miniature experiments (train on digits 0-4, transfer to 5-9).
+route of the miniature experiments (train on digits 0-4, transfer to 5-9). The plan
+trains it (once, before any run) and takes its checkpoint's digest into each run's
+identity, like any other weights.
 """
 
 import hashlib
@@ -13,9 +15,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from tljax import checkpoint, data, locks, models, optim, parallel, run_keys, strategies, train
+from tljax import checkpoint, data, locks, models, optim, parallel, strategies, train
 from tljax.errors import UserError
-from tljax.run_keys import OPTIM_KEYS
+from tljax.run import identity
+from tljax.run.identity import OPTIM_KEYS
 
 # L2-SP pulls toward pretrained values; a source trained from random init has none.
 _SOURCE_OPTIM_KEYS = tuple(k for k in OPTIM_KEYS if not k.startswith("l2sp"))
@@ -26,14 +29,14 @@ def source_key(cfg) -> str:
     dataset, steps; file-name characters only) and a hash of everything its training
     reads: the model and its input size, ``pretrain.*``, the optimiser settings it shares
     with the config, and what its datasets hold (an image folder's files and the size it
-    is stored at, ``run_keys.folder_contents``), so any change trains a new one."""
+    is stored at, ``identity.folder_contents``), so any change trains a new one."""
     p, name = cfg.pretrain, cfg.model or "cnn"  # '': no weights to take a model from
     # An empty ``mix`` (a key added later) is left out: a source trained before it existed
     # keeps its key, so a finished workdir reuses it.
     settings = {"model": name, "image_size": cfg.image_size, "channels": cfg.channels,
                 "pretrain": {k: v for k, v in p.to_dict().items() if k != "mix" or v},
                 **{k: cfg[k] for k in _SOURCE_OPTIM_KEYS}}
-    contents = run_keys.folder_contents([p.dataset, *p.mix], cfg.data_dir)
+    contents = identity.folder_contents([p.dataset, *p.mix], cfg.data_dir)
     if contents:  # a catalog dataset is named by its spec; a folder by what it holds
         settings.update(folder_contents=contents, folder_image_size=cfg.folder_image_size)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())

@@ -1,8 +1,8 @@
-"""The two ways a run trains: a probe on cached features, or steps through the network.
+"""The ways a run trains, each a stage over one ``Run``: a probe on cached features
+(``fit_probe``), or steps through the network (``fit_network``).
 
-``experiment.run_one`` picks the stages of a strategy from ``PATHS`` (``linear_probe``:
-the probe; ``lp_ft``: the probe, then the network from its head; anything else: the
-network) and calls them in order on one ``Run``.
+``tljax.run.execute`` picks a training path's stages from its table and calls them in
+order; this module knows nothing of configs beyond the run's effective settings.
 """
 
 import dataclasses
@@ -14,14 +14,7 @@ import numpy as np
 
 from tljax import checkpoint, data, optim, parallel, probe, train
 
-# Strategy base name -> training path; every other strategy trains through the network.
-PATHS = {"linear_probe": "probe", "lp_ft": "probe+network"}
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
-
-
-def training_path(strategy: str) -> str:
-    """Returns ``probe``, ``network`` or ``probe+network``: how ``strategy`` trains."""
-    return PATHS.get(strategy.partition(":")[0], "network")
 
 
 @dataclasses.dataclass
@@ -29,9 +22,9 @@ class Run:
     """One (strategy, seed) in progress: what every stage reads, and what it leaves."""
 
     cfg: object            # the run's effective config (per-strategy settings applied)
-    run_cfg: object        # its optimisation settings (``experiment.strategy_config``)
+    run_cfg: object        # its optimisation settings (``settings.strategy_config``)
     model: object          # models.Model
-    inputs: object         # loading.Inputs
+    inputs: object         # tljax.run.inputs.Inputs
     variables: dict        # starting variables; a stage replaces them with its result
     rules: dict            # strategies.Rule per param
     frozen: tuple          # blocks whose BatchNorm runs on running statistics
@@ -192,12 +185,21 @@ def fit_network(run: Run) -> None:
             run.log(f"resuming from the checkpoint at step {start_step}")
             run.record["resumed_from_step"] = start_step
         del host_state, restored
+        val_history = []
+
+        def evaluate(st, step: int) -> None:  # a point of the validation curve
+            xv, yv = run.inputs.splits["val"]
+            metrics = train.classification_metrics(route.predict(st, xv, cfg.eval_batch_size), yv)
+            val_history.append({"step": step, "loss": metrics["loss"],
+                                "accuracy": metrics["accuracy"]})
+
         state, history, seconds = train.fit(
             route.step, state,
             route.batches(x, y, min(run_cfg.batch_size, len(y)), run.seed, start_step),
             run_cfg.steps, desc=f"seed {run.seed}", log_every=cfg.log_every,
             start_step=start_step, checkpoint=lambda st, i: ckpts.save(route.saved(st), i),
-            checkpoint_every=cfg.checkpoint_every, post_update_loss=route.post_update_loss)
+            checkpoint_every=cfg.checkpoint_every, post_update_loss=route.post_update_loss,
+            evaluate=evaluate, evaluate_every=cfg.val_every)
     finally:
         ckpts.close()
     # With shots, train is scored on the examples trained on, not the whole split: cheaper
@@ -209,11 +211,9 @@ def fit_network(run: Run) -> None:
     run.labels["train"] = y
     run.variables = _variables(route.to_host(state))
     run.record.update(steps=run_cfg.steps, history=history)
+    if val_history:
+        run.record["val_history"] = val_history
     run.seconds += seconds
-
-
-STAGES = {"probe": (fit_probe,), "network": (fit_network,),
-          "probe+network": (fit_probe, fit_network)}
 
 
 def split_labels(run: Run) -> dict:
@@ -228,6 +228,3 @@ def all_finite(logits: dict) -> str:
         if not np.all(np.isfinite(value)):
             return name
     return ""
-
-
-__all__ = ["PATHS", "STAGES", "Run", "all_finite", "fit_network", "fit_probe", "training_path"]

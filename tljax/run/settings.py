@@ -1,0 +1,94 @@
+"""A strategy's own settings within a config: its optimiser keys, rules, training path and
+published numbers.
+
+The lowest layer of ``tljax.run``: pure functions of a config, used by the checks, the plan
+and the report alike.
+"""
+
+import ml_collections
+
+from tljax.errors import UserError
+from tljax.run.identity import OPTIM_KEYS
+
+# per_block: BatchNorm trains (batch statistics, running stats updated) in every block that
+# has a trainable param; eval: every BatchNorm runs on its running statistics throughout,
+# the usual choice for fine-tuning with small batches.
+BN_MODES = ("per_block", "eval")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+PER_STRATEGY_KEYS = OPTIM_KEYS + ("bn_mode",)
+SELECT_METRICS = ("accuracy", "macro_f1", "loss")
+FINAL_FITS = ("", "train+val")  # the sweep's last phase: refit the selected point on train+val
+# Strategy base name -> training path; every other strategy trains through the network.
+PATHS = {"linear_probe": "probe", "lp_ft": "probe+network"}
+
+
+def training_path(strategy: str) -> str:
+    """Returns ``probe``, ``network`` or ``probe+network``: how ``strategy`` trains."""
+    return PATHS.get(strategy.partition(":")[0], "network")
+
+
+def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
+    """Returns the optimisation settings (and ``bn_mode``) for ``strategy``: the config's,
+    then its ``per_strategy`` overrides."""
+    run_cfg = ml_collections.ConfigDict({k: cfg[k] for k in PER_STRATEGY_KEYS})
+    for key, value in cfg.per_strategy.get(strategy, {}).items():
+        if key == "sweep":  # the strategy's own grid (tljax.run.plan)
+            continue
+        if key not in PER_STRATEGY_KEYS:
+            raise UserError(f"unknown per_strategy key {key!r} for {strategy!r}; known: "
+                            f"{', '.join(PER_STRATEGY_KEYS + ('sweep',))}")
+        try:
+            run_cfg[key] = value
+        except (TypeError, ValueError, KeyError):
+            raise UserError(f"bad value {value!r} for per_strategy.{strategy}.{key}; "
+                            f"expected {type(cfg[key]).__name__}") from None
+    if run_cfg.bn_mode not in BN_MODES:
+        raise UserError(f"unknown bn_mode {run_cfg.bn_mode!r}; known: {', '.join(BN_MODES)}")
+    return run_cfg
+
+
+def strategy_rules(cfg, strategy: str):
+    """Returns what ``strategies.labels`` takes: a named rule list from the config, or the spec."""
+    if strategy in cfg.rules:
+        return [tuple(item) for item in cfg.rules[strategy]]
+    return strategy
+
+
+def published_numbers(cfg, strategy: str) -> dict:
+    """Returns ``{"published": {split: accuracy}, "published_source": ...}`` for the record
+    of ``strategy`` (the paper's numbers from ``cfg.published``), or {} when it has none."""
+    value = cfg.published.get(strategy)
+    if value is None:
+        return {}
+    numbers = {"test": value} if isinstance(value, (int, float)) else dict(value)
+    return {"published": {k: float(v) for k, v in numbers.items()},
+            "published_source": cfg.published_source}
+
+
+def with_published(experiment: str, published: dict, records: list) -> list:
+    """Returns ``records`` with the paper's numbers (``published``: strategy ->
+    ``published_numbers``, from the config as it is now) on each record of ``experiment``:
+    numbers filled in or corrected after the runs finished (a rerun skips them, and
+    ``published`` never changes a run's identity) reach the report."""
+    out = []
+    for r in records:
+        if r.get("experiment") == experiment:
+            r = {k: v for k, v in r.items() if k not in ("published", "published_source")}
+            r.update(published.get(r.get("strategy", ""), {}))
+        out.append(r)
+    return out
+
+
+def check_published(cfg) -> None:
+    """Raises ``UserError`` unless ``cfg.published`` gives accuracies in [0, 1] for test or a
+    shifted split. A strategy not run is allowed (``--set strategies=...`` may drop one)."""
+    splits = ["test", *cfg.shifted]
+    for strategy, value in cfg.published.items():
+        numbers = {"test": value} if isinstance(value, (int, float)) else value
+        for split, number in dict(numbers).items():
+            if split not in splits:
+                raise UserError(f"published.{strategy} names split {split!r}; known: "
+                                f"{', '.join(splits)}")
+            if not isinstance(number, (int, float)) or not 0 <= number <= 1:
+                raise UserError(f"published.{strategy}.{split} = {number!r}; give an accuracy "
+                                "in [0, 1] (a paper's 91.8% is 0.918)")
