@@ -13,7 +13,7 @@ from PIL import Image
 
 from tljax import cli, config, data, text
 from tljax.run import identity, source_model
-from tljax.data import folders, textfiles
+from tljax.data import folder_store, textfiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -217,7 +217,7 @@ def test_a_folder_copied_back_or_chmod_ed_keeps_its_runs_and_its_prepared_copy(
     data.load(root, data_dir=store)
     before = identity.folder_contents([root], store)
     decoded = []
-    monkeypatch.setattr(folders, "_decode", lambda *a: decoded.append(a) or pytest.fail(
+    monkeypatch.setattr(folder_store, "_decode", lambda *a: decoded.append(a) or pytest.fail(
         "decoded again"))
     for path in paths:
         os.chmod(path, 0o600)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from tljax import cli, data, models, probe
-from tljax.data import datasets, lazy, streaming
+from tljax.data import datasets, streaming
+from tljax.data import lazy as lazy_arrays
 
 PREP = models.create("cnn", 10).preprocessing  # 16 px grey: digits are resized 8 -> 16
 
@@ -26,7 +27,7 @@ def test_streamed_batches_equal_in_memory_batches_for_the_same_seed(spec):
     y = mem.splits["train"].labels
     x_mem = data.preprocess(mem.splits["train"].images, PREP)
     x_lazy = data.preprocess(lazy.splits["train"].images, PREP)
-    assert isinstance(x_lazy, lazy.ModelInputs) and x_lazy.shape == x_mem.shape
+    assert isinstance(x_lazy, lazy_arrays.ModelInputs) and x_lazy.shape == x_mem.shape
     # Resumed at batch 20 of ~19 per epoch: the order fast-forwards over an epoch boundary.
     for skip in (0, 20):
         ours = data.batches(x_lazy, y, 64, seed=7, skip=skip)
@@ -67,7 +68,7 @@ def test_streaming_reads_records_by_index_never_the_whole_split(monkeypatch):
 def test_threshold_streams_only_the_splits_above_it():
     # digits at 16 px grey: train 1.2 MB, val 0.17 MB, test 0.35 MB of float32 input.
     some = streaming.load("digits", prep=PREP, stream_above_mb=0.5)
-    assert isinstance(some.splits["train"].images, lazy.Records)
+    assert isinstance(some.splits["train"].images, lazy_arrays.Records)
     assert isinstance(some.splits["val"].images, np.ndarray)
     mem = data.load("digits")
     np.testing.assert_array_equal(some.splits["test"].images, mem.splits["test"].images)
@@ -80,7 +81,7 @@ def test_concatenated_streamed_splits_stay_lazy_and_equal():
     mem, lazy = _both("digits")
     parts = [data.preprocess(lazy.splits[s].images, PREP) for s in ("train", "val")]
     joined = np.concatenate(parts)  # the sweep's final fit on train + val
-    assert isinstance(joined, lazy.LazyArray) and len(joined) == len(parts[0]) + len(parts[1])
+    assert isinstance(joined, lazy_arrays.LazyArray) and len(joined) == len(parts[0]) + len(parts[1])
     expected = np.concatenate([data.preprocess(mem.splits[s].images, PREP)
                                for s in ("train", "val")])
     idx = np.array([0, len(parts[0]) - 1, len(parts[0]), len(expected) - 1, 5])
