@@ -113,7 +113,7 @@ def _cmd_launch(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from tljax import data, listing, models, strategies
+    from tljax import adapt, data, listing, models, strategies
     from tljax.models import zoo
 
     what = getattr(args, "what", None)
@@ -158,6 +158,10 @@ def _cmd_list(args) -> int:
     print("strategies:")
     for spec, text in strategies.describe().items():
         print(f"  {spec:<22} {text}")
+    print("domain adaptation (adapt=NAME, target=SPEC: an unlabelled target domain; with any "
+          "strategy that trains backbone params):")
+    for name, text in adapt.DESCRIPTIONS.items():
+        print(f"  {name:<22} {text}")
     print("more: tljax list keys (config keys, defaults, types) | tljax list blocks MODEL "
           "(block names for surgical/last_k) | tljax list rules MODEL STRATEGY (the rule "
           "each param gets)")

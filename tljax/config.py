@@ -51,6 +51,12 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     # largest shorter side in the folder, at most 256; tljax.data.folders).
     c.folder_image_size = 0
     c.shifted = ml_collections.ConfigDict()
+    # Domain adaptation (tljax.adapt): an unlabelled target domain (a dataset spec whose
+    # train split's inputs are read, never its labels; its test and val splits are
+    # evaluated as "target" and "target_val"), and the objective that uses it.
+    c.target = ""
+    c.adapt = "none"
+    c.adapt_weight = 1.0
     # Text datasets (a .csv/.jsonl file, or vader): the columns read, and the tokenizer
     # ('' = the tokenizer.json shipped with the weights) truncating/padding to max_length.
     c.text_column = "text"
@@ -285,6 +291,13 @@ KEY_HELP = {
     "folder_image_size": "image folders (a dataset path): side in px of the stored centre "
                          "squares (0 = the folder's largest shorter side, at most 256)",
     "shifted": "name -> dataset spec, evaluated on its test split as an extra split",
+    "target": "domain adaptation: an unlabelled target domain (dataset spec): its train "
+              "inputs are adapted to (labels never read), its test/val splits evaluated as "
+              "target/target_val",
+    "adapt": "domain adaptation objective on the penultimate features: none, dann (Ganin & "
+             "Lempitsky 2015), coral (Sun & Saenko 2016), mmd (Long et al. 2015)",
+    "adapt_weight": "weight of the adaptation term (dann: scales the reversed gradient, "
+                    "times the paper's lambda schedule); sweepable",
     "text_column": "text datasets (.csv/.jsonl): the column holding the text",
     "label_column": "text datasets: the column holding the label (ints as given, else sorted "
                     "strings)",

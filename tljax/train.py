@@ -47,6 +47,20 @@ def _variables(params, batch_stats) -> dict:
     return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
 
 
+def update_trainable(tx: optax.GradientTransformation, state: TrainState, trainable: dict,
+                     frozen: dict, grads: dict) -> tuple:
+    """Returns ``(params, opt_state)`` after one update from ``grads`` (flat, trainable
+    leaves only): frozen leaves are passed through as they were, bit for bit."""
+    # Frozen grads are exact zeros, never computed: set_to_zero drops them and they add
+    # nothing to the clipping norm.
+    full_grads = traverse_util.unflatten_dict(
+        {**grads, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
+    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+    flat_updates = traverse_util.flatten_dict(updates)
+    new_trainable = {k: optax.apply_updates(v, flat_updates[k]) for k, v in trainable.items()}
+    return traverse_util.unflatten_dict({**new_trainable, **frozen}), opt_state
+
+
 def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
               compute_dtype=None, accum_steps: int = 1, axis_name: str | None = None,
               jit: bool = True) -> Callable:
@@ -110,15 +124,7 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
             trainable, frozen, state.batch_stats, images, labels)
         if axis_name is not None:
             grads, loss, batch_stats = jax.lax.pmean((grads, loss, batch_stats), axis_name)
-        # Frozen grads are exact zeros, never computed: set_to_zero drops them and
-        # they add nothing to the clipping norm.
-        full_grads = traverse_util.unflatten_dict(
-            {**grads, **{k: jnp.zeros_like(v) for k, v in frozen.items()}})
-        updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
-        flat_updates = traverse_util.flatten_dict(updates)
-        # Only trainable leaves are written; frozen ones are passed through as they were.
-        new_trainable = {k: optax.apply_updates(v, flat_updates[k]) for k, v in trainable.items()}
-        params = traverse_util.unflatten_dict({**new_trainable, **frozen})
+        params, opt_state = update_trainable(tx, state, trainable, frozen, grads)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         if axis_name is not None:
             accuracy = jax.lax.pmean(accuracy, axis_name)

@@ -28,6 +28,7 @@ never from global state: the same spec gives the same bytes in any process, and 
 subset sees exactly the pixels its examples have in the full view.
 """
 
+import functools
 import hashlib
 
 import numpy as np
@@ -121,6 +122,37 @@ def _invert(x, severity, rngs):
     return (1.0 - a) * x + a * (1.0 - x)
 
 
+@functools.lru_cache(maxsize=1)
+def _photos() -> tuple:
+    """Returns scikit-learn's two bundled colour photographs (china.jpg, flower.jpg), float32
+    in [0, 1], shape (427, 640, 3): the backgrounds of ``photo_blend``, offline."""
+    from sklearn.datasets import load_sample_images
+
+    return tuple(np.asarray(im, np.float32) / 255.0 for im in load_sample_images().images)
+
+
+def _photo_blend(x, severity, rngs):
+    # Not in CIFAR-10-C: MNIST-M's construction (Ganin & Lempitsky 2015), each image over a
+    # random patch of a colour photograph, out = |patch - image| per channel (a digit's
+    # strokes invert the photo's colours), blended in with weight a; severity 5 is MNIST-M's
+    # operation itself. The patch is a square of 4x the image's side (at most the photo's
+    # height), box-downsampled to the image's size: colour and texture at the digit's scale.
+    a = (0.2, 0.4, 0.6, 0.8, 1.0)[severity - 1]
+    n, h, w, c = x.shape
+    image = np.broadcast_to(x, (n, h, w, 3)) if c == 1 else x[..., :3]
+    photos = _photos()
+    side = min(4 * max(h, w), min(p.shape[0] for p in photos))
+    down_h, down_w = _area_matrix(h, side), _area_matrix(w, side)
+    patches = np.empty((n, h, w, 3), np.float32)
+    for k, rng in enumerate(rngs):
+        photo = photos[int(rng.integers(len(photos)))]
+        top = int(rng.integers(photo.shape[0] - side + 1))
+        left = int(rng.integers(photo.shape[1] - side + 1))
+        crop = photo[top:top + side, left:left + side]
+        patches[k] = np.einsum("ij,jkc,lk->ilc", down_h, crop, down_w)
+    return (1.0 - a) * image + a * np.abs(patches - image)
+
+
 # name -> (function, needs per-example randomness, one line for `tljax list`)
 _CORRUPTIONS = {
     "gaussian_noise": (_gaussian_noise, True,
@@ -137,6 +169,8 @@ _CORRUPTIONS = {
                   "shift by 1-3.6 eighths of the side in a random direction, background-padded"),
     "invert": (_invert, False,
                "blend towards the negative, 0.2, 0.3, 0.7, 0.8, 1.0 (full negative)"),
+    "photo_blend": (_photo_blend, True,
+                    "MNIST-M's |photo patch - image| (RGB out), blended 0.2-1.0 (5: MNIST-M)"),
 }
 NAMES = tuple(_CORRUPTIONS)
 
@@ -176,7 +210,8 @@ def seed(dataset: str, name: str, severity: int, split: str) -> int:
 
 def apply(images: np.ndarray, name: str, severity: int, seed_value: int,
           indices=None) -> np.ndarray:
-    """Returns ``images`` (uint8, (n, h, w, c)) corrupted, as uint8 of the same shape.
+    """Returns ``images`` (uint8, (n, h, w, c)) corrupted, as uint8 of the same shape (but
+    3 channels for ``photo_blend``, which colours grey images).
 
     Example ``i`` draws its randomness from ``(seed_value, i)`` alone, so the result for an
     example does not depend on the other examples or on the chunking. ``indices`` gives
@@ -188,7 +223,8 @@ def apply(images: np.ndarray, name: str, severity: int, seed_value: int,
     if images.dtype != np.uint8 or images.ndim != 4:
         raise UserError(f"corruptions need uint8 images (n, h, w, c); got {images.dtype} "
                         f"{images.shape}")
-    out = np.empty_like(images)
+    channels = 3 if name == "photo_blend" else images.shape[3]
+    out = np.empty(images.shape[:3] + (channels,), np.uint8)
     for start in range(0, len(images), _CHUNK):
         x = images[start:start + _CHUNK].astype(np.float32) / 255.0
         rows = range(start, start + len(x)) if indices is None else indices[start:start + len(x)]

@@ -50,8 +50,8 @@ class Records:
         self.corruption = corruption
         rows_digest = hashlib.sha256(self.rows.tobytes()).hexdigest()[:16]
         self.key = f"{key}|rows={rows_digest}|corruption={corruption}"
-        first = self._read(self.rows[:1])[0] if len(self.rows) else np.zeros((0, 0, 0))
-        self.shape = (len(self.rows),) + first.shape
+        first = self[:1][0] if len(self.rows) else np.zeros((0, 0, 0))  # corrupted: photo_blend
+        self.shape = (len(self.rows),) + first.shape                 # makes grey images RGB
         self.dtype = np.dtype(np.uint8)
         self.ndim = 4
 

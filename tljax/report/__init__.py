@@ -11,7 +11,7 @@ with a sample std, a t interval over seeds and a bootstrap interval over test ex
 import json
 import os
 
-from tljax.report import learning, plots, selection, tables, transfer
+from tljax.report import adaptation, learning, plots, selection, tables, transfer
 from tljax.report.records import read_results, read_workdirs
 from tljax.report.selection import METRICS, Selection, select
 from tljax.report.stats import decode_correct, encode_correct
@@ -61,6 +61,9 @@ def _markdown(records, selections, rows, title, metric) -> str:
     pivot = tables.by_dataset_table(rows)
     if pivot:
         parts += ["## Test accuracy by dataset and strategy (selected points)", pivot]
+    adapted = adaptation.adaptation_table(records, selections, metric)
+    if adapted:
+        parts += ["## Domain adaptation (target accuracy; honest vs oracle selection)", adapted]
     curves = transfer.transfer_table(rows)
     if curves:
         parts += ["## Transfer of the first N blocks (test accuracy, mean ± sample std; "
@@ -81,8 +84,9 @@ def write_plots(records: list, out_dir: str, metric: str = "accuracy") -> list:
 
 def _plots(rows: list, selections: list, out_dir: str, several: bool) -> list:
     paths = plots.write_all(rows, selections, out_dir, several)
-    curves = learning.learning_curves(selections, out_dir, several)
-    return paths + ([curves] if curves else [])
+    more = [learning.learning_curves(selections, out_dir, several),
+            adaptation.target_vs_source(selections, out_dir)]
+    return paths + [p for p in more if p]
 
 
 def write(records: list, workdir: str, title: str = None, metric: str = "accuracy") -> str:

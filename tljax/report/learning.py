@@ -31,7 +31,7 @@ def learning_curves(selections: list, out_dir: str, several_configs: bool = Fals
             if val:
                 ax.plot([p["step"] for p in val], [p["loss"] for p in val], lw=1.2, ls="--",
                         marker="o", ms=3, color=line.get_color(), label=f"seed {r['seed']} val")
-        name = sel.strategy + (f" [{sel.sweep_hash[:6]}]" if several_configs else "")
+        name = sel.name + (f" [{sel.sweep_hash[:6]}]" if several_configs else "")
         ax.set_title(f"{name} on {sel.dataset}\n{hparams_text(sel.hparams)}",
                      fontsize=9)
         ax.set_xlabel("step")

@@ -149,12 +149,12 @@ def val_vs_lr(selections: list, out_dir: str):
     strategy (and per value of any other swept key), the selected point starred; None when
     no learning rate was swept."""
     paths = []
-    strategies = [sel.strategy for sel in selections]
+    strategies = [sel.name for sel in selections]
     for key in _lr_keys(selections):
         series = {}
         for sel in selections:
-            name = sel.strategy
-            if strategies.count(sel.strategy) > 1:  # one line per dataset, shots and config
+            name = sel.name
+            if strategies.count(sel.name) > 1:  # one line per dataset, shots and config
                 name += f" {sel.dataset} shots={sel.shots or 'all'} [{sel.sweep_hash[:6]}]"
             for g in sel.grid:
                 if key not in g["hparams"] or not _finite(g["val_mean"]):

@@ -1,7 +1,7 @@
 """Picking each config's hyperparameters on validation data only.
 
-A group is one (config, strategy, dataset, shots); its grid points are the distinct swept
-values (``hparams``). The selected point has the best mean validation metric over the seeds
+A group is one (config, strategy, dataset, shots, adaptation objective); its grid points
+are the distinct swept values (``hparams``). The selected point has the best mean validation metric over the seeds
 that every point of the group has finished, so running more seeds at the chosen point
 afterwards cannot change the choice. Test and shifted metrics are never read here.
 """
@@ -30,6 +30,14 @@ class Selection:
     compared_seeds: list
     grid: list           # [{"hparams", "val_mean", "seeds", "compared_seeds"}], grid order
     metric: str = "accuracy"
+    adapt: str = "none"  # the domain adaptation objective of the group (tljax.adapt)
+    split: str = "val"   # the split it was selected on (target_val: the oracle's)
+
+    @property
+    def name(self) -> str:
+        """Returns the strategy, with its adaptation objective if any (``full_ft+dann``)."""
+        return self.strategy if self.adapt in ("none", "", None) else \
+            f"{self.strategy}+{self.adapt}"
 
     @property
     def seeds(self) -> list:
@@ -38,14 +46,15 @@ class Selection:
 
     @property
     def key(self) -> tuple:
-        """Returns the group key ``(sweep_hash, strategy, dataset, shots)``."""
-        return (self.sweep_hash, self.strategy, self.dataset, self.shots)
+        """Returns the group key ``(sweep_hash, strategy, dataset, shots, adapt)``."""
+        return (self.sweep_hash, self.strategy, self.dataset, self.shots, self.adapt)
 
 
 def group_key(record: dict) -> tuple:
-    """Returns a record's group ``(config hash, strategy, dataset, shots)``."""
+    """Returns a record's group ``(config hash, strategy, dataset, shots, adapt)``: each
+    adaptation objective selects its own point, as each dataset and shots does."""
     return (config_key(record), record.get("strategy"), record.get("dataset"),
-            record.get("shots", 0))
+            record.get("shots", 0), record.get("adapt", "none"))
 
 
 def points(records) -> dict:
@@ -62,9 +71,9 @@ def points(records) -> dict:
     return groups
 
 
-def _val(record: dict, metric: str) -> float:
+def _val(record: dict, metric: str, split: str = "val") -> float:
     # Reads the validation split only: selection must not see test labels.
-    value = (record.get("metrics") or {}).get("val", {}).get(metric)
+    value = (record.get("metrics") or {}).get(split, {}).get(metric)
     return math.nan if value is None else float(value)
 
 
@@ -81,9 +90,11 @@ def _diverged(records) -> set:
             and (group_key(r), hparams_key(r.get("hparams") or {}), r.get("seed")) not in ok}
 
 
-def select(records, metric: str = "accuracy") -> list:
+def select(records, metric: str = "accuracy", split: str = "val") -> list:
     """Returns one ``Selection`` per group with a selectable point, in order of first
-    appearance.
+    appearance. ``split`` is the split compared: ``val`` (the source's validation split),
+    or ``target_val`` for the oracle selection a report shows beside it (target labels: what
+    a user of domain adaptation does not have).
 
     Only status-ok records count. Points are compared by their mean validation ``metric``
     (accuracy, macro_f1: higher is better; loss: lower) over the seeds every point of the
@@ -105,7 +116,7 @@ def select(records, metric: str = "accuracy") -> list:
         grid, best = [], None
         for hk, (hparams, runs) in group.items():
             compared = sorted(common or runs)
-            mean = _mean([_val(runs[s], metric) for s in compared])
+            mean = _mean([_val(runs[s], metric, split) for s in compared])
             grid.append({"hparams": hparams, "val_mean": mean, "seeds": sorted(runs),
                          "compared_seeds": compared, "diverged": (key, hk) in diverged})
             if stable and hk not in stable:
@@ -115,9 +126,9 @@ def select(records, metric: str = "accuracy") -> list:
         if best is None:
             continue
         mean, hparams, runs, compared = best
-        sweep_hash, strategy, dataset, shots = key
+        sweep_hash, strategy, dataset, shots, adapt = key
         selections.append(Selection(
             strategy=strategy, dataset=dataset, shots=shots, sweep_hash=sweep_hash,
             hparams=hparams, records=[runs[s] for s in sorted(runs)], val_mean=mean,
-            compared_seeds=compared, grid=grid, metric=metric))
+            compared_seeds=compared, grid=grid, metric=metric, adapt=adapt, split=split))
     return selections

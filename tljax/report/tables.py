@@ -46,7 +46,8 @@ def summary_rows(selections: list) -> list:
         probes = [r["probe"] for r in rs if r.get("probe")]
         first = rs[0]
         rows.append({
-            "strategy": sel.strategy, "dataset": sel.dataset, "shots": sel.shots,
+            "strategy": sel.name, "adapt": sel.adapt, "dataset": sel.dataset,
+            "shots": sel.shots,
             "experiment": first.get("experiment", ""),
             "settings_hash": first.get("settings_hash", ""),
             "sweep_hash": sel.sweep_hash, "hparams": sel.hparams, "seeds": sel.seeds,
@@ -197,8 +198,9 @@ def grid_table(records: list, selections: list, show_config: bool = False) -> st
             g = criterion.get(hkey, {})
             rs = list(runs.values())
             compared = g.get("compared_seeds", [])
+            name = key[1] if key[4] in ("none", "") else f"{key[1]}+{key[4]}"
             cells.append([
-                key[1], *([key[0][:8]] if show_config else []), str(key[2]),
+                name, *([key[0][:8]] if show_config else []), str(key[2]),
                 shots_text(key[3]), hparams_text(hparams), ", ".join(map(str, sorted(runs))),
                 f"{_fmt(g.get('val_mean'))} ({', '.join(map(str, compared)) or '-'})",
                 _fmt(_mean([metric(r, "val") for r in rs])),

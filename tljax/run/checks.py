@@ -10,7 +10,9 @@ import os
 
 import jax
 
-from tljax import data, models, optim, parallel, probe, strategies
+from flax import traverse_util
+
+from tljax import adapt, data, models, optim, parallel, probe, strategies
 from tljax.errors import UserError
 from tljax.models import zoo
 from tljax.run.inputs import Inputs
@@ -49,11 +51,13 @@ def validate(cfg, only=None, needs: list | None = None) -> models.Model:
     if cfg.keep_head and not (cfg.weights or cfg.pretrain.dataset):
         raise UserError("keep_head=True needs a source model with a head: set weights or "
                         "pretrain.dataset (now both empty: random init)")
-    clash = sorted(set(cfg.shifted) & {"train", "val", "test"})
+    clash = sorted(set(cfg.shifted) & {"train", "val", "test", "target", "target_val"})
     if clash:
-        raise UserError(f"shifted split name {clash[0]!r} is taken by the target's own split; "
-                        "name it after its shift, e.g. 'noise3'")
-    for spec in [cfg.dataset] + list(cfg.shifted.values()) + (
+        raise UserError(f"shifted split name {clash[0]!r} is taken by the dataset's own split "
+                        "or the target domain's; name it after its shift, e.g. 'noise3'")
+    _check_adapt(cfg)
+    target = [cfg.target] if cfg.target else []
+    for spec in [cfg.dataset] + list(cfg.shifted.values()) + target + (
             [cfg.pretrain.dataset] + list(cfg.pretrain.mix) if cfg.pretrain.dataset else []):
         name = data.parse_spec(spec)[0]
         path_like = "/" in name or (data.kind(name) == "text" and name not in data.TEXT_BUILTIN)
@@ -115,14 +119,48 @@ def validate(cfg, only=None, needs: list | None = None) -> models.Model:
                             "random init); set one")
         parallel.check_batch(strategy_config(cfg, strategy).batch_size,
                              jax.device_count() * cfg.accum_steps)
+        _check_adapts(cfg, strategy, rules)
     return model
+
+
+def _check_adapt(cfg) -> None:
+    """Raises ``UserError`` unless ``cfg``'s adaptation settings are usable together."""
+    if cfg.adapt not in adapt.OBJECTIVES:
+        raise UserError(f"unknown adapt {cfg.adapt!r}; known: {', '.join(adapt.OBJECTIVES)}")
+    if cfg.adapt == "none":
+        return
+    if not cfg.target:
+        raise UserError(f"adapt={cfg.adapt!r} needs an unlabelled target domain; set target "
+                        "to a dataset spec, e.g. target=digits@photo_blend:3")
+    if cfg.adapt_weight < 0:
+        raise UserError(f"adapt_weight must be >= 0; got {cfg.adapt_weight}")
+    if cfg.accum_steps != 1 or cfg.parallel != "mesh":
+        raise UserError(f"adapt={cfg.adapt!r} runs with accum_steps=1 and parallel=mesh; got "
+                        f"accum_steps={cfg.accum_steps}, parallel={cfg.parallel!r}")
+
+
+def _check_adapts(cfg, strategy: str, rules) -> None:
+    """Raises ``UserError`` where ``strategy`` cannot take ``cfg.adapt``: a cached probe
+    trains no network, and a strategy that trains no backbone param cannot move the
+    features the objective aligns."""
+    if cfg.adapt == "none":
+        return
+    if training_path(strategy) == "probe":
+        raise UserError(f"strategy {strategy!r} fits a probe on cached features, which "
+                        f"adapt={cfg.adapt!r} cannot align; use a strategy that trains through "
+                        "the network (last_k:N, full_ft, bitfit, lp_ft, ...) or adapt=none")
+    flat = traverse_util.flatten_dict(rules)
+    if not any(rule.trainable for path, rule in flat.items() if path[0] == "backbone"):
+        raise UserError(f"strategy {strategy!r} trains no backbone param, so adapt="
+                        f"{cfg.adapt!r} cannot change the features it aligns; use a strategy "
+                        "that trains some of the backbone (last_k:N, full_ft, bitfit, ...)")
 
 
 def _check_input_kind(cfg, model: models.Model) -> None:
     """Raises ``UserError`` unless every dataset of ``cfg`` holds what the model takes
     (images or text), and the text settings fit the model."""
     want = model.preprocessing.kind
-    specs = [cfg.dataset] + list(cfg.shifted.values()) + (
+    specs = [cfg.dataset] + list(cfg.shifted.values()) + ([cfg.target] if cfg.target else []) + (
         [cfg.pretrain.dataset] if cfg.pretrain.dataset else [])
     for spec in specs:
         have = data.kind(data.parse_spec(spec)[0])

@@ -4,11 +4,12 @@ TensorFlow or PyTorch: ``tensorboard --logdir WORKDIR`` lists each run as
 without swept values).
 
 Scalars per run: ``train/loss``, ``train/accuracy`` and ``train/learning_rate`` (the base
-learning rate of the step, before any per-block multiplier) at the logging cadence
+learning rate of the step, before any per-block multiplier), and with domain adaptation
+``train/adapt_loss`` (``tljax.adapt``'s term before its weight), at the logging cadence
 (``log_every``); ``val/loss`` and ``val/accuracy`` where they were measured
 (``val_every``, and always at the last step); and ``final/<split>_accuracy``, the final
-model on each evaluated split (train, val, test, the shifted ones). A cached-feature probe has no steps: its points are at its solver's iteration
-count. The file format is TFRecord framing (length, masked CRC-32C) around ``Event``
+model on each evaluated split (train, val, test, the shifted ones). A cached-feature
+probe has no steps: its points are at its solver's iteration count. The file format is TFRecord framing (length, masked CRC-32C) around ``Event``
 protocol buffers, encoded here field by field.
 """
 
@@ -40,6 +41,8 @@ def scalars(record: dict, run_cfg) -> list:
     for point in record.get("history", []):
         step = int(point["step"])
         out += [("train/loss", step, point["loss"]), ("train/accuracy", step, point["accuracy"])]
+        if "adapt_loss" in point:  # domain adaptation's term, before its weight
+            out.append(("train/adapt_loss", step, point["adapt_loss"]))
         # optax counts updates from 0: the step's update used the schedule at step - 1.
         out.append(("train/learning_rate", step, float(run_cfg.lr * unit(step - 1))))
     last = int(record.get("steps") or 0)

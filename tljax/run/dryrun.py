@@ -12,9 +12,9 @@ data) is listed as ``needs:`` lines and is not an error. Nothing is written.
 
 import os
 
-from tljax import data
+from tljax import adapt, data
 from tljax.run import checks, plan
-from tljax.run.settings import published_numbers, training_path
+from tljax.run.settings import method_name, published_numbers, training_path
 
 
 def _prepared(name: str, data_dir: str) -> bool:
@@ -54,8 +54,8 @@ def _data_needs(cfgs) -> list:
 
 def _runs(n_points: int, groups: int, seeds: int, select_seeds: int, final_fit: str) -> tuple:
     """Returns ``(runs, how)``: how many runs one strategy costs, and why, in words.
-    ``groups``: its distinct (dataset, shots), each of which selects a point of its own."""
-    each = "" if groups == 1 else f" per (dataset, shots), {groups} of them"
+    ``groups``: its distinct (dataset, shots, adapt), each of which selects a point of its own."""
+    each = "" if groups == 1 else f" per (dataset, shots, adapt), {groups} of them"
     if n_points > 1 and 0 < select_seeds < seeds:
         runs = n_points * select_seeds + groups * (seeds - select_seeds)
         how = (f"{n_points} points x {select_seeds} seed(s), then {seeds - select_seeds} more "
@@ -98,19 +98,25 @@ def describe(cfg, source: str = "") -> str:
     total = 0
     for strategy in cfg.strategies:
         grid = [p for p in points if p.strategy == strategy]
-        groups = len({(p.cfg.dataset, p.cfg.shots) for p in grid})  # selection is per group
+        # Selection is per group: each dataset, shots and adaptation objective picks its own.
+        groups = len({(p.cfg.dataset, p.cfg.shots, p.cfg.adapt) for p in grid})
         runs, how = _runs(len(grid), groups, len(seeds), cfg.select_seeds, cfg.final_fit)
         total += runs
         swept = plan.strategy_grid(cfg, strategy)
         text = ", ".join(f"{k}={v}" for k, v in sorted(swept.items())) or "nothing swept"
-        lines.append(f"  {strategy:<18} {training_path(strategy):<13} grid: {text}; "
-                     f"{how} = {runs} runs")
+        path = "/".join(dict.fromkeys(p.path for p in grid)) or training_path(strategy)
+        lines.append(f"  {strategy:<18} {path:<13} grid: {text}; {how} = {runs} runs")
         if strategy in cfg.published:
             lines[-1] += f"; published {published_numbers(cfg, strategy)['published']}"
     lines.append(f"runs in all: {total}")
+    if any("adapt" in p.path for p in points):
+        lines.append(f"adaptation: target {cfg.target} (its train split's inputs, never its "
+                     "labels); its runs take every batch through the network, so the feature "
+                     "cache does not apply to them")
+    methods = {method_name(s, o) for s in cfg.strategies for o in adapt.OBJECTIVES}
     for key in ("per_strategy", "published"):
         for name in cfg[key].keys():
-            if name not in cfg.strategies:
+            if name not in (cfg.strategies if key == "per_strategy" else methods):
                 lines.append(f"warning: {key} names {name!r}, which is not in strategies; "
                              "it is not used")
     needs = list(dict.fromkeys(needs + _data_needs([cfg, *(p.cfg for p in points)])))

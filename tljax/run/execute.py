@@ -2,7 +2,8 @@
 
 ``execute`` reads its spec (never the config): it loads the weights, labels the params by
 the strategy's rules, and runs the stages of the spec's training path from ``STAGES``
-(cached probe; through the network; LP-FT: the probe, then the network from its head).
+(cached probe; through the network; LP-FT: the probe, then the network from its head;
+domain adaptation: through the network with a target batch beside each source batch).
 """
 
 import os
@@ -12,14 +13,15 @@ import numpy as np
 
 from tljax import checkpoint, strategies, train, weights
 from tljax.report.stats import encode_correct
-from tljax.run import curves, paths
+from tljax.run import curves, domain_gap, paths
 from tljax.run.plan import RunSpec
 from tljax.run.resources import Resources
-from tljax.run.settings import published_numbers, strategy_config
+from tljax.run.settings import method_name, published_numbers, strategy_config
 
 # Training path -> its stages, called in order on one ``paths.Run``.
 STAGES = {"probe": (paths.fit_probe,), "network": (paths.fit_network,),
-          "probe+network": (paths.fit_probe, paths.fit_network)}
+          "probe+network": (paths.fit_probe, paths.fit_network),
+          "adapt": (paths.fit_adapt,), "probe+adapt": (paths.fit_probe, paths.fit_adapt)}
 
 
 def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print) -> dict:
@@ -51,12 +53,19 @@ def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print)
         "config_hash": spec.run_hash, "path": spec.point.path,
         "trainable_params": trainable, "total_params": total, "shots": cfg.shots,
         "reinit_params": strategies.count_reinit(variables["params"], rules),
-        **published_numbers(cfg, strategy),
+        **published_numbers(cfg, method_name(strategy, cfg.adapt)),
         "frozen_blocks": list(frozen), "bn_mode": run_cfg.bn_mode,
         "optim": run_cfg.to_dict(), "devices": jax.device_count(), "parallel": cfg.parallel,
         "compute_dtype": cfg.compute_dtype, "accum_steps": cfg.accum_steps,
-        "shifted": list(cfg.shifted), "platform": jax.default_backend(),
+        "shifted": list(cfg.shifted) + (["target"] if cfg.target else []),
+        "platform": jax.default_backend(),
     }
+    if cfg.target:  # what the run adapted to, and how far apart its features put the domains
+        record.update(target=cfg.target, adapt=cfg.adapt)
+        if cfg.adapt != "none":
+            record["adapt_weight"] = cfg.adapt_weight
+        gap_before = domain_gap.measure(model.module, variables, inputs.splits["test"][0],
+                                        inputs.splits["target"][0], cfg.eval_batch_size)
     state_dir = os.path.join(workdir, "state", spec.run_hash) if workdir else ""
     run = paths.Run(cfg, run_cfg, model, inputs, variables, rules, tuple(frozen), seed,
                     state_dir, log=say)
@@ -77,6 +86,10 @@ def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print)
                for name, ys in labels.items() if name not in ("train", "val")}
     record = {**record, **run.record, "train_seconds": round(run.seconds, 3),
               "metrics": metrics, "correct": correct, "status": "ok"}
+    if cfg.target:
+        record["domain_gap"] = {"before": gap_before, "after": domain_gap.measure(
+            model.module, run.variables, inputs.splits["test"][0], inputs.splits["target"][0],
+            cfg.eval_batch_size)}
     if workdir is None:
         return record
     safe = strategy.replace(":", "_").replace("+", "_").replace("/", "_")

@@ -32,7 +32,10 @@ OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_deca
 _NETWORK_KEYS = OPTIM_KEYS + ("bn_mode", "accum_steps", "parallel", "fsdp_regex",
                               "compute_dtype")
 _PROBE_KEYS = ("probe_solver", "probe_standardize", "probe_l2_grid")
-IGNORED_BY_PATH = {"probe": _NETWORK_KEYS, "network": _PROBE_KEYS, "probe+network": ()}
+# A cached probe adapts nothing (tljax.adapt needs steps through the network).
+_ADAPT_KEYS = ("adapt", "adapt_weight")
+IGNORED_BY_PATH = {"probe": _NETWORK_KEYS + _ADAPT_KEYS, "network": _PROBE_KEYS,
+                   "probe+network": (), "adapt": _PROBE_KEYS, "probe+adapt": ()}
 # Read only for text datasets: an image run's identity (and its finished results) does not
 # depend on them.
 TEXT_KEYS = ("text_column", "label_column", "pair_column", "max_length", "tokenizer")
@@ -41,8 +44,10 @@ FOLDER_KEYS = ("folder_image_size",)
 
 
 def _specs(cfg_dict: dict) -> list:
-    """Returns the dataset specs a run reads: its dataset and its shifted test sets."""
-    specs = [cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
+    """Returns the dataset specs a run reads: its dataset, its shifted test sets and its
+    target domain."""
+    specs = ([cfg_dict.get("dataset", "")] + list((cfg_dict.get("shifted") or {}).values())
+             + [cfg_dict.get("target", "")])
     return [spec for spec in specs if spec]
 
 
@@ -126,9 +131,12 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
         settings.pop("pretrain", None)
     # Keys added after runs were recorded count only when set: a run that does not use
     # them keeps the identity (and the finished result) it had before they existed.
-    for key in ("shifted", "splits", "final_fit", "keep_head"):
+    for key in ("shifted", "splits", "final_fit", "keep_head", "target"):
         if not settings.get(key):
             settings.pop(key, None)
+    if settings.get("adapt") in ("none", None):  # no adaptation: its weight reads nothing
+        settings.pop("adapt", None)
+        settings.pop("adapt_weight", None)
     return settings
 
 
@@ -139,8 +147,8 @@ def run_hash(settings: dict, strategy: str, seed: int) -> str:
 
 # Settings ``run_settings`` derives from other keys' values (a digest of what they name):
 # a sweep over one of those keys changes them too, so the sweep hash drops them with it.
-DERIVED_FROM = {"tokenizer": ("tokenizer", "weights"), "folder_contents": ("dataset",),
-                "text_contents": ("dataset",)}
+DERIVED_FROM = {"tokenizer": ("tokenizer", "weights"),
+                "folder_contents": ("dataset", "target"), "text_contents": ("dataset", "target")}
 
 
 def _unswept(settings: dict, swept_keys) -> dict:

@@ -16,10 +16,13 @@ from tljax.models import zoo
 
 @dataclasses.dataclass
 class Inputs:
-    """Preprocessed model inputs: ``{split name: (float images or int32 token ids, labels)}``."""
+    """Preprocessed model inputs: ``{split name: (float images or int32 token ids, labels)}``,
+    and with a target domain its train split's inputs alone (``target_train``: no labels,
+    so nothing can read them; its test and val splits are ``target`` and ``target_val``)."""
 
     num_classes: int
     splits: dict
+    target_train: object = None
 
 
 def load_dataset(cfg, spec: str, splits: dict | None = None, prep=None) -> data.Dataset:
@@ -73,7 +76,18 @@ def load_inputs(cfg, spec: str, prep) -> Inputs:
                             f"classes; the target dataset {spec!r} has {ds.num_classes}")
         test = shifted.splits["test"]
         splits[name] = (_model_input(cfg, test, prep), test.labels)
+    target_train = None
+    if cfg.target:
+        target = load_dataset(cfg, cfg.target, prep=prep)
+        if target.num_classes != ds.num_classes:
+            raise UserError(f"target {cfg.target!r} has {target.num_classes} classes; the "
+                            f"dataset {spec!r} has {ds.num_classes} (the same classes, "
+                            "another domain)")
+        target_train = _model_input(cfg, target.splits["train"], prep)  # its labels: never
+        for name, split in (("target", "test"), ("target_val", "val")):
+            found = target.splits[split]
+            splits[name] = (_model_input(cfg, found, prep), found.labels)
     if cfg.final_fit == "train+val":  # the sweep's final phase (val still reported, not used)
         splits["train"] = tuple(np.concatenate([a, b]) for a, b in zip(splits["train"],
                                                                       splits["val"]))
-    return Inputs(ds.num_classes, splits)
+    return Inputs(ds.num_classes, splits, target_train)

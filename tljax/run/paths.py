@@ -12,9 +12,10 @@ import time
 import jax
 import numpy as np
 
-from tljax import checkpoint, data, optim, parallel, probe, train
+from tljax import adapt_train, checkpoint, data, optim, parallel, probe, train
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
+DISCRIMINATOR_WIDTH = 100  # Ganin & Lempitsky's domain classifier for MNIST: x -> 100 -> 1
 
 
 @dataclasses.dataclass
@@ -170,13 +171,59 @@ def fit_network(run: Run) -> None:
     the result and every split's logits. Raises ``FloatingPointError`` (the last good
     checkpoint kept) when the loss or params become non-finite. Every process of a
     multi-process run calls it; each loads only its rows of every batch."""
+    tx = optim.make(run.run_cfg, run.rules)
+    _train(run, _route(run.cfg, run.model, run.rules, tx, run.frozen), tx, run.variables)
+
+
+def fit_adapt(run: Run) -> None:
+    """``fit_network`` with a target batch beside each source batch and the config's
+    adaptation objective (``tljax.adapt_train``); a DANN discriminator trains beside the
+    strategy's params, in the train state (so resumed with it), and is dropped from
+    ``run.variables`` at the end: it is never exported. The target's labels are never
+    read: ``inputs.target_train`` holds its inputs only."""
+    cfg, model = run.cfg, run.model
+    x, _ = _train_subset(run)
+    dim = jax.eval_shape(lambda v, b: model.module.apply(v, b, method="features"),
+                         run.variables, x[:1]).shape[-1]
+    variables, rules = adapt_train.with_discriminator(run.variables, run.rules, dim,
+                                                      DISCRIMINATOR_WIDTH, run.seed)
+    tx = optim.make(run.run_cfg, rules)
+    route = _route(cfg, model, rules, tx, run.frozen)
+    step = adapt_train.make_step(model.module, rules, tx, cfg.adapt, cfg.adapt_weight,
+                                 run.run_cfg.steps, run.frozen, COMPUTE_DTYPES[cfg.compute_dtype],
+                                 DISCRIMINATOR_WIDTH)
+    if parallel.one_step_at_a_time():  # CPU devices of several processes: see there
+        compiled = step
+
+        def step(st, images, labels):
+            return jax.block_until_ready(compiled(st, images, labels))
+    xt = run.inputs.target_train
+    source_batches, source_loss = route.batches, route.post_update_loss
+
+    def batches(xs, ys, b, seed, skip):
+        # The target stream has its own order; its "labels" are zeros, never the target's.
+        target = source_batches(xt, np.zeros(len(xt), np.int32), min(b, len(xt)),
+                                seed + 10007, skip)
+        for (images, labels), (target_images, _) in zip(source_batches(xs, ys, b, seed, skip),
+                                                         target):
+            yield (images, target_images), labels
+
+    _train(run, dataclasses.replace(
+        route, step=step, batches=batches,
+        post_update_loss=lambda st, images, labels: source_loss(st, images[0], labels)),
+        tx, variables)
+    run.variables = adapt_train.without_discriminator(run.variables)
+
+
+def _train(run: Run, route: _Route, tx, variables: dict) -> None:
+    """Runs ``route``'s steps from ``variables`` for the run's ``steps`` (resuming from its
+    newest checkpoint); sets ``run.variables``, every split's logits and the record's
+    history."""
     cfg, run_cfg = run.cfg, run.run_cfg
-    tx = optim.make(run_cfg, run.rules)
     x, y = _train_subset(run)
-    route = _route(cfg, run.model, run.rules, tx, run.frozen)
     ckpts = checkpoint.RunCheckpoints(run.state_dir)
     try:
-        host_state = train.init_state(run.variables, tx)
+        host_state = train.init_state(variables, tx)
         state = route.place(host_state)
         start_step, restored = ckpts.restore_latest(route.like(state, host_state),
                                                     warn=run.log)

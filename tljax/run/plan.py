@@ -17,6 +17,7 @@ Execution (``tljax.run.sweep``, ``tljax.run.execute``) reads the plan, never the
 import copy
 import dataclasses
 import itertools
+import json
 
 import ml_collections
 
@@ -24,8 +25,8 @@ from tljax import parallel
 from tljax.errors import UserError
 from tljax.run import checks, identity
 from tljax.run.resources import Resources
-from tljax.run.settings import (published_numbers, strategy_config, strategy_rules,
-                                training_path)
+from tljax.run.settings import (published_numbers, run_path, strategy_config,
+                                strategy_rules, training_path)
 
 # Keys that describe the sweep itself, or that no single run can take another value of.
 NOT_SWEEPABLE = ("experiment", "strategies", "seeds", "sweep", "per_strategy", "select_seeds",
@@ -171,16 +172,21 @@ def grid_points(cfg, needs: list | None = None) -> list:
     """Returns every grid ``Point`` of every strategy, in run order, each effective config
     validated and frozen (with a ``needs`` list, files this machine lacks are noted there
     instead: ``checks.validate``). No data is read."""
-    points = []
+    points, seen = [], set()
     for strategy in cfg.strategies:
         grid = strategy_grid(cfg, strategy)
         keys = sorted(grid)
         for values in itertools.product(*(grid[k] for k in keys)):
             hparams = dict(zip(keys, values))
+            if hparams.get("adapt", cfg.adapt) == "none":  # no adaptation: no weight for it
+                hparams.pop("adapt_weight", None)
+            if (strategy, json.dumps(hparams, sort_keys=True)) in seen:
+                continue
+            seen.add((strategy, json.dumps(hparams, sort_keys=True)))
             eff = effective_config(cfg, strategy, hparams)
             checks.validate(eff, only=[strategy], needs=needs)
             points.append(Point(strategy, hparams, ml_collections.FrozenConfigDict(eff),
-                                training_path(strategy), strategy_rules(eff, strategy)))
+                                run_path(eff, strategy), strategy_rules(eff, strategy)))
     return points
 
 
@@ -223,14 +229,15 @@ def final_point(point: Point, chosen_l2s: list, resources: Resources) -> Point:
 
 def _check_one_sweep_per_group(points: list) -> None:
     """Raises ``RuntimeError`` (a bug in tljax) where the grid points of one (strategy,
-    dataset, shots) got different sweep hashes: selection compares only points of one
+    dataset, shots, adapt) got different sweep hashes: selection compares only points of one
     sweep hash, so each point would be "selected" alone and reported without a choice on
     validation. A setting derived from a swept key must be dropped with it
     (``identity.DERIVED_FROM``)."""
     hashes = {}
     for p in points:
-        hashes.setdefault((p.strategy, p.cfg.dataset, p.cfg.shots), {})[p.sweep_hash] = p
-    for (strategy, dataset, shots), by_hash in hashes.items():
+        hashes.setdefault((p.strategy, p.cfg.dataset, p.cfg.shots, p.cfg.adapt),
+                          {})[p.sweep_hash] = p
+    for (strategy, dataset, shots, _), by_hash in hashes.items():
         if len(by_hash) > 1:
             a, b = list(by_hash.values())[:2]
             differ = sorted(k for k in set(a.settings) | set(b.settings)

@@ -12,7 +12,7 @@ from tljax.run.sources import WeightsDigests, create_model, resolve_weights
 
 # The settings that decide a run's model and inputs; runs that share them share both.
 _DATA_KEYS = ("model", "weights", "dataset", "image_size", "channels", "data_dir",
-              "folder_image_size", "final_fit") + identity.TEXT_KEYS
+              "folder_image_size", "final_fit", "target") + identity.TEXT_KEYS
 
 
 class Resources:

@@ -20,11 +20,21 @@ SELECT_METRICS = ("accuracy", "macro_f1", "loss")
 FINAL_FITS = ("", "train+val")  # the sweep's last phase: refit the selected point on train+val
 # Strategy base name -> training path; every other strategy trains through the network.
 PATHS = {"linear_probe": "probe", "lp_ft": "probe+network"}
+# With an adaptation objective, the steps through the network take a target batch too.
+ADAPT_PATHS = {"network": "adapt", "probe+network": "probe+adapt"}
 
 
 def training_path(strategy: str) -> str:
     """Returns ``probe``, ``network`` or ``probe+network``: how ``strategy`` trains."""
     return PATHS.get(strategy.partition(":")[0], "network")
+
+
+def run_path(cfg, strategy: str) -> str:
+    """Returns how ``strategy`` trains under effective config ``cfg``: its training path,
+    or with ``cfg.adapt`` set, its adapting counterpart (``adapt``, ``probe+adapt``; a
+    cached probe has none, which ``checks.validate`` reports)."""
+    path = training_path(strategy)
+    return ADAPT_PATHS.get(path, path) if cfg.adapt != "none" else path
 
 
 def strategy_config(cfg, strategy: str) -> ml_collections.ConfigDict:
@@ -54,9 +64,16 @@ def strategy_rules(cfg, strategy: str):
     return strategy
 
 
+def method_name(strategy: str, adapt: str = "none") -> str:
+    """Returns how reports name a strategy run with adaptation objective ``adapt``:
+    ``full_ft``, ``full_ft+dann``."""
+    return strategy if adapt in ("none", "", None) else f"{strategy}+{adapt}"
+
+
 def published_numbers(cfg, strategy: str) -> dict:
     """Returns ``{"published": {split: accuracy}, "published_source": ...}`` for the record
-    of ``strategy`` (the paper's numbers from ``cfg.published``), or {} when it has none."""
+    of ``strategy`` (a ``method_name``: the paper's numbers from ``cfg.published``), or {}
+    when it has none."""
     value = cfg.published.get(strategy)
     if value is None:
         return {}
@@ -74,7 +91,7 @@ def with_published(experiment: str, published: dict, records: list) -> list:
     for r in records:
         if r.get("experiment") == experiment:
             r = {k: v for k, v in r.items() if k not in ("published", "published_source")}
-            r.update(published.get(r.get("strategy", ""), {}))
+            r.update(published.get(method_name(r.get("strategy", ""), r.get("adapt")), {}))
         out.append(r)
     return out
 
@@ -82,7 +99,7 @@ def with_published(experiment: str, published: dict, records: list) -> list:
 def check_published(cfg) -> None:
     """Raises ``UserError`` unless ``cfg.published`` gives accuracies in [0, 1] for test or a
     shifted split. A strategy not run is allowed (``--set strategies=...`` may drop one)."""
-    splits = ["test", *cfg.shifted]
+    splits = ["test", *cfg.shifted] + (["target"] if cfg.target else [])
     for strategy, value in cfg.published.items():
         numbers = {"test": value} if isinstance(value, (int, float)) else value
         for split, number in dict(numbers).items():
