@@ -209,9 +209,20 @@ def test_the_report_puts_the_oracle_choice_beside_the_honest_one_never_in_its_pl
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Honest: lr=0.001 (source val), target 0.300 over its 2 seeds; the oracle's lr=0.01.
     assert cells[3] == "lr=0.001" and cells[6] == "0.300 ± 0.071" and cells[8] == "lr=0.01"
-    assert cells[9].startswith("0.650") and cells[-3:] == ["0.900", "0.700", "0.800"]
+    assert cells[9] == "1" and cells[10].startswith("0.650")  # the oracle's point: 1 seed
+    assert cells[-3:] == ["0.900", "0.700", "0.800"]
     # The summary's target column is the honest choice's.
     summary = text.split("## Summary")[1].split("##")[0]
     assert "0.300 ± 0.071" in summary and "0.650" not in summary
     paths = report.write_plots(records, str(tmp_path))
     assert str(tmp_path / "target_vs_source.png") in paths
+
+
+def test_lp_ft_adapts_after_its_probe_and_bitfit_adapts_its_biases(tmp_path):
+    cfg = _cfg(strategies=["lp_ft", "bitfit"], adapt="coral")
+    lp_ft, bitfit = sweep.run(cfg, str(tmp_path / "w"), log=lambda msg: None)
+    assert lp_ft["path"] == "probe+adapt" and lp_ft["probe"]["l2"] > 0  # the probe came first
+    assert bitfit["path"] == "adapt" and bitfit["trainable_params"] < bitfit["total_params"]
+    for r in (lp_ft, bitfit):
+        assert r["status"] == "ok" and r["adapt"] == "coral"
+        assert all("adapt_loss" in h for h in r["history"])

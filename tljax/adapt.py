@@ -79,7 +79,7 @@ def coral_loss(source, target):
     covariances (unbiased, ``n - 1``)."""
     def covariance(x):
         centred = x - x.mean(0, keepdims=True)
-        return centred.T @ centred / (x.shape[0] - 1)
+        return centred.T @ centred / max(x.shape[0] - 1, 1)  # checks require batches of 2+
 
     d = source.shape[1]
     return jnp.sum((covariance(source) - covariance(target)) ** 2) / (4.0 * d * d)
@@ -93,7 +93,8 @@ def mmd_loss(source, target):
     sq = jnp.sum(x * x, 1)
     dist = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
     n = x.shape[0]
-    mean = jax.lax.stop_gradient(jnp.sum(dist) / (n * n - n))
+    # At least tiny: features collapsed to one point (dead units) give 0, not 0/0.
+    mean = jnp.maximum(jax.lax.stop_gradient(jnp.sum(dist) / (n * n - n)), 1e-12)
     kernel = sum(jnp.exp(-dist / (s * mean)) for s in _MMD_SCALES)
     ns = source.shape[0]
     return (kernel[:ns, :ns].mean() + kernel[ns:, ns:].mean()

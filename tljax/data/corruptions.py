@@ -139,7 +139,7 @@ def _photo_blend(x, severity, rngs):
     # height), box-downsampled to the image's size: colour and texture at the digit's scale.
     a = (0.2, 0.4, 0.6, 0.8, 1.0)[severity - 1]
     n, h, w, c = x.shape
-    image = np.broadcast_to(x, (n, h, w, 3)) if c == 1 else x[..., :3]
+    image = np.broadcast_to(x[..., :1], (n, h, w, 3)) if c < 3 else x[..., :3]  # grey(+alpha)
     photos = _photos()
     side = min(4 * max(h, w), min(p.shape[0] for p in photos))
     down_h, down_w = _area_matrix(h, side), _area_matrix(w, side)
@@ -149,7 +149,8 @@ def _photo_blend(x, severity, rngs):
         top = int(rng.integers(photo.shape[0] - side + 1))
         left = int(rng.integers(photo.shape[1] - side + 1))
         crop = photo[top:top + side, left:left + side]
-        patches[k] = np.einsum("ij,jkc,lk->ilc", down_h, crop, down_w)
+        # Two matrix products per channel (a three-operand einsum loops over every index).
+        patches[k] = np.stack([down_h @ crop[..., ch] @ down_w.T for ch in range(3)], -1)
     return (1.0 - a) * image + a * np.abs(patches - image)
 
 

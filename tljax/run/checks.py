@@ -134,6 +134,8 @@ def _check_adapt(cfg) -> None:
                         "to a dataset spec, e.g. target=digits@photo_blend:3")
     if cfg.adapt_weight < 0:
         raise UserError(f"adapt_weight must be >= 0; got {cfg.adapt_weight}")
+    if cfg.batch_size < 2:  # a covariance, a kernel mean or a domain loss of one example
+        raise UserError(f"adapt={cfg.adapt!r} needs batch_size >= 2; got {cfg.batch_size}")
     if cfg.accum_steps != 1 or cfg.parallel != "mesh":
         raise UserError(f"adapt={cfg.adapt!r} runs with accum_steps=1 and parallel=mesh; got "
                         f"accum_steps={cfg.accum_steps}, parallel={cfg.parallel!r}")
@@ -209,6 +211,10 @@ def check_train_batch(cfg, strategy: str, inputs: Inputs) -> None:
     if training_path(strategy) == "probe":
         return
     batch_size = strategy_config(cfg, strategy).batch_size
+    target = inputs.target_train
+    if cfg.adapt != "none" and len(target) < batch_size:
+        raise UserError(f"target {cfg.target!r} has {len(target)} training examples, fewer than "
+                        f"batch_size {batch_size}; valid batch sizes: 2..{len(target)}")
     n_train = (cfg.shots * inputs.num_classes if cfg.shots
                else len(inputs.splits["train"][1]))
     if batch_size > n_train and not cfg.shots:

@@ -148,7 +148,9 @@ def run_hash(settings: dict, strategy: str, seed: int) -> str:
 # Settings ``run_settings`` derives from other keys' values (a digest of what they name):
 # a sweep over one of those keys changes them too, so the sweep hash drops them with it.
 DERIVED_FROM = {"tokenizer": ("tokenizer", "weights"),
-                "folder_contents": ("dataset", "target"), "text_contents": ("dataset", "target")}
+                "folder_contents": ("dataset", "target"), "text_contents": ("dataset", "target"),
+                # a point without adaptation drops its weight: a swept adapt takes it along
+                "adapt_weight": ("adapt",)}
 
 
 def _unswept(settings: dict, swept_keys) -> dict:
