@@ -95,8 +95,9 @@ def test_features_are_cached_and_invalidated_by_weights_and_preprocessing(tmp_pa
     assert not hit and first.shape == (10, 128)
 
     calls = []
-    real_forward = probe._forward
-    monkeypatch.setattr(probe, "_forward", lambda *a: calls.append(1) or real_forward(*a))
+    real_forward = probe.forward_features
+    monkeypatch.setattr(probe, "forward_features",
+                        lambda *a: calls.append(1) or real_forward(*a))
     again, hit = probe.extract_features(model.module, variables, inputs, 4, str(tmp_path), "k")
     assert hit and not calls  # the second run did no forward pass
     np.testing.assert_array_equal(again, first)

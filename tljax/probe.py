@@ -58,7 +58,7 @@ def _features_on(module, mesh):
                                               method="features"), mesh)
 
 
-def _forward(module, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+def forward_features(module, variables, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     """Returns the backbone features of ``inputs`` in inference mode, whole on every
     process: each batch is split over the devices of every process, and each process
     loads only its rows."""
@@ -143,7 +143,7 @@ def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: in
         return _read_cached(path), True
     if hasattr(inputs, "cache_key"):
         return _forward_to_file(module, variables, inputs, batch_size, path), False
-    features = _forward(module, variables, inputs, batch_size)
+    features = forward_features(module, variables, inputs, batch_size)
     if path and parallel.is_writer():  # one writer; every process has the features
         os.makedirs(cache_dir, exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp.npy"

@@ -224,13 +224,14 @@ def apply(images: np.ndarray, name: str, severity: int, seed_value: int,
     if images.dtype != np.uint8 or images.ndim != 4:
         raise UserError(f"corruptions need uint8 images (n, h, w, c); got {images.dtype} "
                         f"{images.shape}")
-    channels = 3 if name == "photo_blend" else images.shape[3]
-    out = np.empty(images.shape[:3] + (channels,), np.uint8)
+    out = np.empty_like(images)
     for start in range(0, len(images), _CHUNK):
         x = images[start:start + _CHUNK].astype(np.float32) / 255.0
         rows = range(start, start + len(x)) if indices is None else indices[start:start + len(x)]
         rngs = [np.random.default_rng([seed_value, int(i)]) for i in rows] if random else None
         y = fn(x, severity, rngs)
+        if y.shape[3] != out.shape[3]:  # a view with its own channels (photo_blend: RGB)
+            out = np.empty(images.shape[:3] + y.shape[3:], np.uint8)
         out[start:start + len(x)] = np.clip(np.round(y * 255.0), 0, 255).astype(np.uint8)
     return out
 

@@ -8,7 +8,7 @@ import math
 
 from tljax.report import stats
 from tljax.report.plots import _figure, _save
-from tljax.report.records import hparams_text
+from tljax.report.records import hparams_text, metric
 from tljax.report.selection import select
 
 _NOTE = ("Selected on the source's validation split (a user without target labels can do "
@@ -21,9 +21,7 @@ _NOTE = ("Selected on the source's validation split (a user without target label
 
 
 def _acc(records: list, split: str) -> tuple:
-    values = [((r.get("metrics") or {}).get(split) or {}).get("accuracy", math.nan)
-              for r in records]
-    return stats.mean_std(values)
+    return stats.mean_std([metric(r, split) for r in records])
 
 
 def _cell(mean_std: tuple, n: int) -> str:
@@ -34,8 +32,7 @@ def _cell(mean_std: tuple, n: int) -> str:
 
 
 def _interval(records: list) -> str:
-    ci = stats.t_ci95([((r.get("metrics") or {}).get("target") or {}).get("accuracy", math.nan)
-                       for r in records])
+    ci = stats.t_ci95([metric(r, "target") for r in records])
     return "n/a" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 

@@ -82,6 +82,12 @@ def metric(record: dict, split: str, name: str = "accuracy") -> float:
     return math.nan if value is None else float(value)
 
 
+def method_name(strategy: str, adapt: str = "none") -> str:
+    """Returns how reports name a strategy run with adaptation objective ``adapt``:
+    ``full_ft``, ``full_ft+dann``."""
+    return strategy if adapt in ("none", "", None) else f"{strategy}+{adapt}"
+
+
 def config_key(record: dict) -> str:
     """Returns the hash of the config a record belongs to: its ``sweep_hash`` (swept values,
     seeds and strategies excluded), else for older records its ``config_hash``."""

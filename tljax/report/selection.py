@@ -10,7 +10,7 @@ import dataclasses
 import math
 
 from tljax.errors import unknown
-from tljax.report.records import config_key, hparams_key
+from tljax.report.records import config_key, hparams_key, method_name
 
 # Selection metrics on the validation split: True where higher is better.
 METRICS = {"accuracy": True, "macro_f1": True, "loss": False}
@@ -36,8 +36,7 @@ class Selection:
     @property
     def name(self) -> str:
         """Returns the strategy, with its adaptation objective if any (``full_ft+dann``)."""
-        return self.strategy if self.adapt in ("none", "", None) else \
-            f"{self.strategy}+{self.adapt}"
+        return method_name(self.strategy, self.adapt)
 
     @property
     def seeds(self) -> list:

@@ -6,7 +6,7 @@ import math
 
 from tljax.report import stats
 from tljax.report.records import (CORE_SPLITS, config_key, hparams_key, hparams_text,
-                                  metric, shifted_names, shots_text)
+                                  method_name, metric, shifted_names, shots_text)
 from tljax.report.selection import points
 
 
@@ -198,9 +198,8 @@ def grid_table(records: list, selections: list, show_config: bool = False) -> st
             g = criterion.get(hkey, {})
             rs = list(runs.values())
             compared = g.get("compared_seeds", [])
-            name = key[1] if key[4] in ("none", "") else f"{key[1]}+{key[4]}"
             cells.append([
-                name, *([key[0][:8]] if show_config else []), str(key[2]),
+                method_name(key[1], key[4]), *([key[0][:8]] if show_config else []), str(key[2]),
                 shots_text(key[3]), hparams_text(hparams), ", ".join(map(str, sorted(runs))),
                 f"{_fmt(g.get('val_mean'))} ({', '.join(map(str, compared)) or '-'})",
                 _fmt(_mean([metric(r, "val") for r in rs])),

@@ -8,26 +8,16 @@ domain, the same ones every time, split in two halves: fit on one, score on the 
 and the other way round.
 """
 
-import functools
-
-import jax
 import numpy as np
 
-from tljax import train
+from tljax import probe
 
 LIMIT = 1000  # examples per domain: enough for a stable accuracy, cheap on any dataset
 
 
-@functools.lru_cache(maxsize=8)
-def _features_fn(module):
-    return jax.jit(lambda variables, x: module.apply(variables, x, method="features"))
-
-
 def _features(module, variables: dict, x, batch_size: int) -> np.ndarray:
-    n = min(len(x), LIMIT)
-    fn = _features_fn(module)
-    return np.asarray(train.predict_batched(lambda b: fn(variables, b), x[:n], batch_size),
-                      np.float64)
+    return probe.forward_features(module, variables, x[:min(len(x), LIMIT)],
+                                  batch_size).astype(np.float64)
 
 
 def measure(module, variables: dict, source_x, target_x, batch_size: int) -> dict:

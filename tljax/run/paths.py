@@ -182,9 +182,9 @@ def fit_adapt(run: Run) -> None:
     ``run.variables`` at the end: it is never exported. The target's labels are never
     read: ``inputs.target_train`` holds its inputs only."""
     cfg, model = run.cfg, run.model
-    x, _ = _train_subset(run)
+    one = run.inputs.splits["train"][0][:1]
     dim = jax.eval_shape(lambda v, b: model.module.apply(v, b, method="features"),
-                         run.variables, x[:1]).shape[-1]
+                         run.variables, one).shape[-1]
     variables, rules = adapt_train.with_discriminator(run.variables, run.rules, dim,
                                                       DISCRIMINATOR_WIDTH, run.seed)
     tx = optim.make(run.run_cfg, rules)

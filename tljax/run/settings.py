@@ -8,6 +8,7 @@ and the report alike.
 import ml_collections
 
 from tljax.errors import UserError
+from tljax.report.records import method_name
 from tljax.run.identity import OPTIM_KEYS
 
 # per_block: BatchNorm trains (batch statistics, running stats updated) in every block that
@@ -62,12 +63,6 @@ def strategy_rules(cfg, strategy: str):
     if strategy in cfg.rules:
         return [tuple(item) for item in cfg.rules[strategy]]
     return strategy
-
-
-def method_name(strategy: str, adapt: str = "none") -> str:
-    """Returns how reports name a strategy run with adaptation objective ``adapt``:
-    ``full_ft``, ``full_ft+dann``."""
-    return strategy if adapt in ("none", "", None) else f"{strategy}+{adapt}"
 
 
 def published_numbers(cfg, strategy: str) -> dict:
