@@ -46,6 +46,10 @@ def test_coral_and_mmd_match_a_float64_numpy_reference():
     assert float(adapt.coral_loss(source, source)) == pytest.approx(0, abs=1e-7)
     assert float(adapt.mmd_loss(source, source)) == pytest.approx(0, abs=1e-6)
     assert float(adapt.mmd_loss(source, target + 2)) > float(adapt.mmd_loss(source, target))
+    # Features collapsed to one point (dead units) give a finite loss and gradient, not 0/0.
+    same = jnp.zeros((4, 5))
+    assert float(adapt.mmd_loss(same, same)) == 0.0
+    assert np.isfinite(np.asarray(jax.grad(lambda f: adapt.mmd_loss(f, same))(same))).all()
 
 
 def test_gradient_reversal_flips_and_scales_the_gradient_and_follows_the_paper_schedule():
@@ -170,6 +174,7 @@ def test_selection_reads_the_source_validation_split_and_the_oracle_the_target_s
     (["adapt=dann", "target=digits@nope:3"], "unknown corruption 'nope'"),
     (["adapt=dann", f"target={TARGET}", "accum_steps=2"], "runs with accum_steps=1"),
     ([f"target={TARGET}", 'shifted={"target": "digits"}'], "shifted split name 'target'"),
+    (["adapt=coral", f"target={TARGET}", "batch_size=1"], "needs batch_size >= 2; got 1"),
 ])
 def test_bad_adaptation_settings_exit_2_with_one_line(sets, message, capsys, tmp_path):
     config_file = tmp_path / "adapt.py"
@@ -226,3 +231,25 @@ def test_lp_ft_adapts_after_its_probe_and_bitfit_adapts_its_biases(tmp_path):
     for r in (lp_ft, bitfit):
         assert r["status"] == "ok" and r["adapt"] == "coral"
         assert all("adapt_loss" in h for h in r["history"])
+
+
+def test_a_target_smaller_than_a_batch_is_a_user_error_before_anything_trains(tmp_path):
+    from tljax.errors import UserError
+
+    with pytest.raises(UserError, match="target 'digits:0-1@photo_blend:5' has 252 training "
+                                        "examples, fewer than batch_size 256"):
+        sweep.run(_cfg(dataset="digits:0-1", target="digits:0-1@photo_blend:5",
+                       batch_size=256), str(tmp_path / "w"), log=lambda msg: None)
+    assert not (tmp_path / "w" / "results.jsonl").exists()
+
+
+def test_a_sweep_over_adapt_alone_is_one_sweep():
+    from tljax.run import identity, plan
+
+    cfg = _cfg(sweep={"adapt": ["none", "dann", "coral"]})
+    points = plan.grid_points(cfg)
+    hashes = set()
+    for p in points:
+        settings = identity.run_settings(p.cfg.to_dict(), p.strategy, p.path, "w")
+        hashes.add(identity.sweep_hash(settings, p.strategy, p.hparams))
+    assert len(points) == 3 and len(hashes) == 1
