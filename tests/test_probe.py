@@ -1,5 +1,10 @@
 """Linear probes on cached features: solvers agree with references, the cache is real."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +13,8 @@ from sklearn.linear_model import LogisticRegression
 
 from tljax import models, probe
 from tljax.data import k_shot_indices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +28,8 @@ def digit_features():
 @pytest.mark.parametrize("l2", [1e-1, 1e-2, 1e-3])
 def test_lbfgs_agrees_with_sklearn_logistic_regression(digit_features, l2):
     x, y = digit_features
-    params, _ = probe.fit_logistic(x, y, 10, l2, max_iter=2000, tol=1e-6)
+    params, _, converged = probe.fit_logistic(x, y, 10, l2, max_iter=2000, tol=1e-6)
+    assert converged
     # sklearn minimises C * sum(CE) + ||W||^2 / 2: the same problem at C = 1 / (l2 * n).
     ref = LogisticRegression(C=1.0 / (l2 * len(x)), solver="lbfgs", tol=1e-10,
                              max_iter=20000).fit(x, y)
@@ -124,3 +132,33 @@ def test_k_shot_indices_take_k_per_class_and_depend_on_the_seed():
     assert not np.array_equal(a, k_shot_indices(labels, 5, seed=1))
     with pytest.raises(ValueError, match="25-shot needs 25 examples of class 0"):
         k_shot_indices(labels, 25, seed=0)
+
+
+def _probe_record(workdir, env) -> dict:
+    """Runs a one-seed linear probe of a random-init cnn on digits in a fresh process;
+    returns its record's probe field."""
+    argv = [sys.executable, "-m", "tljax.cli", "run",
+            os.path.join(ROOT, "experiments", "lp_vs_ft_self_pretrained.py"),
+            "--workdir", str(workdir), "--set", "seeds=[0]", 'strategies=["linear_probe"]',
+            'pretrain.dataset=""', "eval_batch_size=128"]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(os.path.join(workdir, "results.jsonl")) as f:
+        (record,) = [json.loads(line) for line in f]
+    return record
+
+
+def test_the_probe_head_is_bit_identical_with_a_cold_and_a_warm_compilation_cache(tmp_path):
+    """The same features give the same head whatever the compilation cache holds: the
+    first process compiles everything into an empty cache, the second reads it back (and
+    extracts the features again through the cached program: no feature cache)."""
+    env = dict(os.environ, TLJAX_COMPILATION_CACHE=str(tmp_path / "xla"),
+               TLJAX_CACHE_MIN_COMPILE_SECS="0", TLJAX_FEATURE_CACHE="")
+    cold = _probe_record(tmp_path / "cold", env)
+    assert os.listdir(tmp_path / "xla"), "the first run cached no program: nothing is warm"
+    warm = _probe_record(tmp_path / "warm", env)
+    assert cold["probe"]["solver"] == "lbfgs"
+    assert warm["probe"]["head_sha256"] == cold["probe"]["head_sha256"]
+    assert warm["probe"]["sweep"] == cold["probe"]["sweep"]
+    assert warm["metrics"] == cold["metrics"]
+    assert cold["probe"]["converged"]

@@ -3,9 +3,10 @@ L-BFGS solvers on the cached features.
 
 The protocol of Kornblith et al. (2019) and Kumar et al. (2022): penultimate features of
 the frozen backbone (inference mode), standardised with the training split's mean and
-std, a multinomial logistic regression fitted with L-BFGS for every L2 strength on a log
-grid (warm-started from the previous, stronger one), the strength picked on the
-validation split. Also closed-form ridge regression to +-1 targets (one eigendecomposition
+std, a multinomial logistic regression fitted with L-BFGS (on the host, in float64:
+the same features give the same head, bit for bit) for every L2 strength on a log grid
+(warm-started from the previous, stronger one), the strength picked on the validation
+split. Also closed-form ridge regression to +-1 targets (one eigendecomposition
 serves every L2 value, as in big_vision's few-shot evaluator) and an Adam-trained head.
 The returned head works on raw features: the standardisation is folded into it.
 """
@@ -163,7 +164,7 @@ class ProbeResult:
     bias: np.ndarray
     solver: str
     l2: float
-    sweep: list  # [{"l2", "val_accuracy", "val_loss", "iterations"}] in grid order
+    sweep: list  # [{"l2", "val_accuracy", "val_loss", "iterations", "converged"}], grid order
     seconds: float
 
     def logits(self, features: np.ndarray) -> np.ndarray:
@@ -190,48 +191,53 @@ def logistic_objective(params, x, y, l2):
     return ce + 0.5 * l2 * jnp.sum(params["kernel"] ** 2)
 
 
-@jax.jit
-def _lbfgs(x, y, l2, init, max_iter, tol):
-    fun = lambda p: logistic_objective(p, x, y, l2)  # noqa: E731
-    solver = optax.lbfgs()
-    value_and_grad = optax.value_and_grad_from_state(fun)
-
-    def step(carry):
-        params, state, i, _, previous = carry
-        value, grad = value_and_grad(params, state=state)
-        updates, state = solver.update(grad, state, params, value=value, grad=grad,
-                                       value_fn=fun)
-        return optax.apply_updates(params, updates), state, i + 1, optax.tree.norm(grad), value
-
-    def keep_going(carry):
-        _, state, i, grad_norm, previous = carry
-        value = optax.tree.get(state, "value")
-        # The gradient scales with l2 near the (tiny) solution of a strong penalty, and
-        # float32 cannot push it below tol * l2 there. An iteration that no longer lowers
-        # the objective (float32's floor on weakly regularised, separable problems, where
-        # line searches stall) ends the run instead of spending the whole budget.
-        stalled = (i > 1) & (previous - value <= 0.0)
-        return (i < max_iter) & (grad_norm > tol * jnp.maximum(1.0, l2)) & ~stalled
-
-    params, _, iters, _, _ = jax.lax.while_loop(
-        keep_going, step, (init, solver.init(init), 0, jnp.inf, jnp.inf))
-    return params, iters
+def _softmax_cross_entropy(flat, x, onehot, l2):
+    """Returns ``(objective, gradient)`` of ``logistic_objective`` in float64 numpy, with
+    the kernel and bias flattened into one vector (what scipy's L-BFGS-B works on)."""
+    d, k = x.shape[1], onehot.shape[1]
+    kernel, bias = flat[:d * k].reshape(d, k), flat[d * k:]
+    logits = x @ kernel + bias
+    logits -= logits.max(axis=1, keepdims=True)
+    exp = np.exp(logits)
+    total = exp.sum(axis=1, keepdims=True)
+    n = len(x)
+    ce = float(np.sum(np.log(total[:, 0]) - np.sum(logits * onehot, axis=1))) / n
+    residual = (exp / total - onehot) / n
+    grad_kernel = x.T @ residual + l2 * kernel
+    value = ce + 0.5 * l2 * float(np.sum(kernel * kernel))
+    return value, np.concatenate([grad_kernel.ravel(), residual.sum(axis=0)])
 
 
 def fit_logistic(x, y, num_classes: int, l2: float, init=None, max_iter: int = 1000,
-                 tol: float = 1e-5) -> tuple:
-    """Returns ``(params, iterations)`` of L-BFGS on ``logistic_objective`` (float32).
+                 tol: float = 1e-6) -> tuple:
+    """Returns ``(params, iterations, converged)``: L-BFGS on ``logistic_objective``,
+    solved on the host in float64 (scipy's L-BFGS-B), params as float64 numpy arrays.
 
-    Stops when the gradient norm falls below ``tol`` (times ``l2`` where that is above 1),
-    when an iteration no longer lowers the objective at all, or after
-    ``max_iter`` iterations.
+    On the host, not in XLA: a jitted float32 solver gave different heads for the same
+    features depending on what the compilation cache held, and a head that stops short
+    of the optimum inherits every rounding difference. Here the same features give the
+    same head, bit for bit. ``converged`` is True when the largest gradient entry fell
+    below ``tol``; the solver also stops after ``max_iter`` iterations or when a line
+    search can no longer lower the objective (float64's floor).
     """
+    from scipy import optimize  # a dependency of scikit-learn; imported where used
+
+    x = np.asarray(x, np.float64)
+    onehot = np.eye(num_classes)[np.asarray(y)]
+    d = x.shape[1]
     if init is None:
-        init = {"kernel": jnp.zeros((x.shape[1], num_classes), jnp.float32),
-                "bias": jnp.zeros((num_classes,), jnp.float32)}
-    params, iters = _lbfgs(jnp.asarray(x, jnp.float32), jnp.asarray(y), jnp.float32(l2), init,
-                           max_iter, jnp.float32(tol))
-    return jax.tree.map(np.asarray, params), int(iters)
+        flat = np.zeros(d * num_classes + num_classes)
+    else:
+        flat = np.concatenate([np.asarray(init["kernel"], np.float64).ravel(),
+                               np.asarray(init["bias"], np.float64)])
+    result = optimize.minimize(_softmax_cross_entropy, flat, args=(x, onehot, float(l2)),
+                               jac=True, method="L-BFGS-B",
+                               options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-15,
+                                        "maxcor": 10})
+    params = {"kernel": result.x[:d * num_classes].reshape(d, num_classes),
+              "bias": result.x[d * num_classes:]}
+    converged = bool(np.max(np.abs(result.jac)) <= tol)
+    return params, int(result.nit), converged
 
 
 def _pick(sweep: list) -> int:
@@ -247,10 +253,10 @@ def sweep_logistic(train, val, num_classes: int, grid=L2_GRID, max_iter: int = 1
     (xt, yt), (xv, yv) = train, val
     params, sweep, fits = None, [], {}
     for l2 in sorted(grid, reverse=True):
-        params, iters = fit_logistic(xt, yt, num_classes, l2, params, max_iter)
-        m = classification_metrics(xv @ params["kernel"] + params["bias"], yv)
+        params, iters, converged = fit_logistic(xt, yt, num_classes, l2, params, max_iter)
+        m = classification_metrics(np.asarray(xv, np.float64) @ params["kernel"] + params["bias"], yv)
         sweep.append({"l2": l2, "val_accuracy": m["accuracy"], "val_loss": m["loss"],
-                      "iterations": iters})
+                      "iterations": iters, "converged": converged})
         fits[l2] = params
     sweep.sort(key=lambda r: r["l2"])
     best = sweep[_pick(sweep)]

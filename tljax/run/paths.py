@@ -78,6 +78,9 @@ def fit_probe(run: Run) -> None:
     run.record["probe"] = {
         "solver": result.solver, "l2": result.l2, "standardize": cfg.probe_standardize,
         "sweep": result.sweep, "iterations": chosen["iterations"],
+        "converged": chosen.get("converged", True),
+        # The head's bytes: two runs on the same features must give the same hash.
+        "head_sha256": probe.fingerprint_arrays(run.variables["params"]["head"]),
         "extract_seconds": round(extract_seconds, 3), "solve_seconds": round(result.seconds, 3),
         "feature_cache_hit": all(hits), "train_examples": int(len(yt[idx]))}
     run.record["steps"] = chosen["iterations"]  # L-BFGS iterations at the chosen L2

@@ -35,7 +35,9 @@ def enable_compilation_cache() -> None:
     path = os.environ.get("TLJAX_COMPILATION_CACHE",
                           os.path.expanduser("~/.cache/tljax/jax_compilation_cache"))
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # TLJAX_CACHE_MIN_COMPILE_SECS=0 caches every program (tests that need a warm cache).
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(os.environ.get("TLJAX_CACHE_MIN_COMPILE_SECS", "0.5")))
 
 
 class _Sweep:
