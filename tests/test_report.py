@@ -11,7 +11,7 @@ import pytest
 
 from tljax import cli, report
 from tljax.errors import UserError
-from tljax.report import selection, stats
+from tljax.report import selection, stats, tables
 
 RNG = np.random.default_rng(0)
 
@@ -121,11 +121,43 @@ def test_points_with_no_common_seed_are_compared_on_their_own_seeds():
     assert chosen.hparams == {"lr": 1e-3} and chosen.val_mean == pytest.approx(0.75)
 
 
-def test_ties_go_to_the_first_point_and_loss_is_minimised():
+def test_a_tie_on_validation_accuracy_goes_to_the_lower_validation_loss_not_grid_order():
     records = [_record(hparams={"lr": 1e-2}, val=0.8, val_loss=0.3),
-               _record(hparams={"lr": 1e-3}, val=0.8, val_loss=0.2)]
-    assert selection.select(records)[0].hparams == {"lr": 1e-2}
-    assert selection.select(records, "loss")[0].hparams == {"lr": 1e-3}
+               _record(hparams={"lr": 1e-3}, val=0.8, val_loss=0.2),
+               _record(hparams={"lr": 1e-4}, val=0.7, val_loss=0.1)]
+    [chosen] = selection.select(records)
+    assert chosen.hparams == {"lr": 1e-3}
+    assert chosen.tie_broken_by_loss and chosen.margin == 0.0
+    assert selection.select(records, "loss")[0].hparams == {"lr": 1e-4}
+    # Means equal up to summation order are a tie too: (0.1 + 0.7) and (0.7 + 0.1) over seeds.
+    seeds = [_record(seed=s, hparams={"lr": 1e-2}, val=v, val_loss=0.3)
+             for s, v in enumerate((0.1, 0.2, 0.7))]
+    seeds += [_record(seed=s, hparams={"lr": 1e-3}, val=v, val_loss=0.2)
+              for s, v in enumerate((0.7, 0.2, 0.1))]
+    assert selection.select(seeds)[0].hparams == {"lr": 1e-3}
+
+
+def test_selection_margin_is_the_lead_over_the_runner_up_in_validation_examples():
+    val_bits = {"val": np.ones(200, bool)}  # the validation split has 200 examples
+    records = [_record(seed=s, hparams={"lr": lr}, val=v, correct=val_bits)
+               for s in (0, 1) for lr, v in ((1e-4, 0.80), (1e-3, 0.815), (1e-2, 0.75))]
+    [chosen] = selection.select(records)
+    assert chosen.hparams == {"lr": 1e-3} and not chosen.tie_broken_by_loss
+    assert chosen.margin == pytest.approx(0.015)
+    assert chosen.margin_examples == pytest.approx(3.0)  # 1.5 points of 200 images
+    assert chosen.edge == []
+    row = tables.summary_rows([chosen])[0]
+    assert "+3.0" in tables.summary_table([row])
+
+
+def test_a_point_chosen_at_the_end_of_its_grid_is_flagged():
+    records = [_record(hparams={"lr": lr, "alpha": a}, val=v)
+               for lr, a, v in ((1e-3, 0.1, 0.7), (1e-2, 0.1, 0.9), (1e-3, 1.0, 0.6))]
+    [chosen] = selection.select(records)
+    assert chosen.edge == ["lr", "alpha"]
+    assert selection.select([records[0]])[0].edge == []  # one point: no grid, no edge
+    md = report.markdown(records)
+    assert "grid end" in md and "lr" in md
 
 
 def test_non_finite_and_failed_points_are_never_selected():

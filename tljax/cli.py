@@ -99,6 +99,7 @@ def _run(args) -> int:
         all_records = settings.with_published(
             the_plan.experiment, the_plan.published,
             report.read_results(os.path.join(workdir, "results.jsonl")))
+        all_records = settings.with_compare(the_plan.experiment, the_plan.compare, all_records)
         print(report.write(all_records, workdir, title=the_plan.experiment,
                            metric=the_plan.select_metric))
     print(f"{prefix}results: {os.path.join(workdir, 'results.jsonl')} ({len(records)} new "
@@ -176,11 +177,12 @@ def _cmd_report(args) -> int:
     records = report.read_workdirs(args.workdirs)
     if not records:
         raise UserError(f"no result records in {', '.join(map(repr, args.workdirs))}")
-    print(report.markdown(records, metric=args.select_metric))
+    compare = [tuple(pair) for pair in args.compare or ()]
+    print(report.markdown(records, metric=args.select_metric, compare=compare))
     try:
         if args.json:
             with open(args.json, "w") as f:
-                json.dump(report.summary(records, args.select_metric), f, indent=1)
+                json.dump(report.summary(records, args.select_metric, compare), f, indent=1)
         if args.plots:
             for path in report.write_plots(records, args.plots, args.select_metric):
                 print(f"plot: {path}", file=sys.stderr)
@@ -339,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--select-metric", default="accuracy", metavar="M",
                      help="validation metric that selects hyperparameters: "
                           "accuracy | macro_f1 | loss")
+    rep.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"),
+                     help="also compare method A with method B (as the summary names them: "
+                          "full_ft, full_ft+dann) by per-seed differences A - B at their "
+                          "selected points, in the report's 'Paired comparisons' section "
+                          "(beside the pairs the config's compare key names) and in --json; "
+                          "repeatable; an unknown name exits 2")
     rep.set_defaults(fn=_cmd_report)
     bch = sub.add_parser("bench", help="cost of each freezing strategy: tljax's step vs the "
                                        "masked-optax recipes vs PyTorch (step ms, compile s, "

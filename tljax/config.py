@@ -119,6 +119,9 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     # strategy -> {split: accuracy} (shifted splits too); published_source names the table.
     c.published = ml_collections.ConfigDict()
     c.published_source = ""
+    # Report only: [A, B] method pairs compared seed by seed at their selected points
+    # (tljax.report.paired), e.g. [["full_ft", "linear_probe"]]. Changes no run's identity.
+    c.compare = []
     c.pretrain = ml_collections.ConfigDict(
         {"dataset": "", "mix": [], "steps": 500, "lr": 3e-3, "batch_size": 64, "seed": 0})
     c.lock()
@@ -339,6 +342,8 @@ KEY_HELP = {
     "splits": "tljax split -> the dataset's split string ({} = train/validation/test or 90/10)",
     "published": "strategy -> the paper's test accuracy (or {split: accuracy}), beside ours",
     "published_source": "where the published numbers come from (paper, table)",
+    "compare": "report only: [[A, B], ...] method pairs (full_ft, full_ft+dann) compared by "
+               "per-seed differences A - B at their selected points; no run changes",
     "pretrain.dataset": "train a source model on this dataset first when weights is ''",
     "pretrain.mix": "more dataset specs (same classes) whose train splits join the source's, "
                    "e.g. a corrupted view: ['digits@invert:5']",

@@ -11,14 +11,14 @@ with a sample std, a t interval over seeds and a bootstrap interval over test ex
 import json
 import os
 
-from tljax.report import adaptation, learning, plots, selection, tables, transfer
+from tljax.report import adaptation, learning, paired, plots, selection, tables, transfer
 from tljax.report.records import read_results, read_workdirs
 from tljax.report.selection import METRICS, Selection, select
 from tljax.report.stats import decode_correct, encode_correct
 
 __all__ = ["read_results", "read_workdirs", "select", "Selection", "METRICS",
            "encode_correct", "decode_correct", "title_of", "markdown", "summary", "write",
-           "write_plots"]
+           "write_plots", "paired"]
 
 
 def title_of(records: list) -> str:
@@ -38,20 +38,40 @@ def _several_configs(records: list) -> bool:
     return len(keys) > len({k[1:] for k in keys})
 
 
-def summary(records: list, metric: str = "accuracy") -> dict:
-    """Returns ``{"selected": [one dict per selected (strategy, dataset, shots)], "runs": N}``
-    (the ``--json`` output and ``report.json``)."""
-    return tables.summary_json(tables.summary_rows(select(records, metric)), len(records))
+def _paired(records: list, selections: list, compare=()) -> tuple:
+    """Returns ``(rows, notes)`` of the paired comparisons: the pairs the records' ``compare``
+    fields name, then ``compare`` (the user's own pairs, whose bad names raise
+    ``UserError``; a record's bad pair is a note: the runs are done, the report must be
+    written)."""
+    compare = [tuple(p) for p in compare or ()]
+    return paired.compare_all(selections, paired.record_pairs(records) + compare,
+                              strict=compare)
 
 
-def markdown(records: list, title: str = None, metric: str = "accuracy") -> str:
-    """Returns the Markdown report: the selected point per (strategy, dataset, shots), the
-    whole grid when anything was swept, then every run."""
+def _json(rows: list, n_runs: int, paired_rows: list) -> dict:
+    return {**tables.summary_json(rows, n_runs), "paired": paired.to_json(paired_rows)}
+
+
+def summary(records: list, metric: str = "accuracy", compare=()) -> dict:
+    """Returns ``{"selected": [one dict per selected (strategy, dataset, shots)], "runs": N,
+    "paired": [one dict per compared pair, dataset, shots and split]}`` (the ``--json``
+    output and ``report.json``); ``compare``: more ``(A, B)`` method pairs to compare."""
     selections = select(records, metric)
-    return _markdown(records, selections, tables.summary_rows(selections), title, metric)
+    paired_rows, _ = _paired(records, selections, compare)
+    return _json(tables.summary_rows(selections), len(records), paired_rows)
 
 
-def _markdown(records, selections, rows, title, metric) -> str:
+def markdown(records: list, title: str = None, metric: str = "accuracy", compare=()) -> str:
+    """Returns the Markdown report: the selected point per (strategy, dataset, shots), the
+    paired comparisons the records name and ``compare`` adds (``(A, B)`` method pairs), the
+    whole grid when anything was swept, then every run. Raises ``UserError`` for a pair of
+    ``compare`` that cannot be matched."""
+    selections = select(records, metric)
+    return _markdown(records, selections, tables.summary_rows(selections), title, metric,
+                     _paired(records, selections, compare))
+
+
+def _markdown(records, selections, rows, title, metric, compared=((), ())) -> str:
     several = _several_configs(records)
     parts = [f"# {title or title_of(records)}",
              f"Hyperparameters selected on validation {metric} (mean over the seeds every "
@@ -61,6 +81,13 @@ def _markdown(records, selections, rows, title, metric) -> str:
     pivot = tables.by_dataset_table(rows)
     if pivot:
         parts += ["## Test accuracy by dataset and strategy (selected points)", pivot]
+    pairs = paired.section(*compared)
+    if pairs:
+        parts += ["## Paired comparisons (per-seed differences, selected points)",
+                  "A − B per seed on the seeds both have (they share data order and "
+                  "initialisation), then over seeds: mean, sample std, Student-t 95% CI; the "
+                  "bootstrap resamples examples, the same ones for both methods and every "
+                  "seed.", pairs]
     adapted = adaptation.adaptation_table(records, selections, metric)
     if adapted:
         parts += ["## Domain adaptation (target accuracy; honest vs oracle selection)", adapted]
@@ -91,15 +118,17 @@ def _plots(rows: list, selections: list, out_dir: str, several: bool) -> list:
 
 def write(records: list, workdir: str, title: str = None, metric: str = "accuracy") -> str:
     """Writes ``results.md``, ``results.csv`` (one row per run), ``summary.csv``,
-    ``report.json`` and ``plots/*.png`` into ``workdir``; returns the Markdown."""
+    ``report.json`` (with the paired comparisons the records name under ``paired``) and
+    ``plots/*.png`` into ``workdir``; returns the Markdown."""
     selections = select(records, metric)
     rows = tables.summary_rows(selections)
-    text = _markdown(records, selections, rows, title, metric)
+    compared = _paired(records, selections)
+    text = _markdown(records, selections, rows, title, metric, compared)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(text)
     tables.write_csv(os.path.join(workdir, "results.csv"), tables.run_rows(records, selections))
     tables.write_csv(os.path.join(workdir, "summary.csv"), tables.flat_summary(rows))
     with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(tables.summary_json(rows, len(records)), f, indent=1)
+        json.dump(_json(rows, len(records), compared[0]), f, indent=1)
     _plots(rows, selections, os.path.join(workdir, "plots"), _several_configs(records))
     return text

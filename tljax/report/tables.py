@@ -32,6 +32,33 @@ def _shifted(records: list) -> list:
     return names
 
 
+def _probe_edges(records: list) -> list:
+    """Returns ``["probe l2"]`` when some seed's probe chose the smallest or largest L2 of
+    its grid, else []."""
+    for r in records:
+        sweep = (r.get("probe") or {}).get("sweep") or []
+        grid = [p["l2"] for p in sweep]
+        if len(grid) > 1 and r["probe"].get("l2") in (min(grid), max(grid)):
+            return ["probe l2"]
+    return []
+
+
+def _margin_cell(row: dict) -> str:
+    """Returns the selection margin: the chosen point's lead over the runner-up, in
+    validation examples where the split size is known (``+1.5 ex``), with the swept keys
+    chosen at a grid end."""
+    if row.get("select_margin") is None:
+        text = "- (one point)"
+    elif row.get("tie_broken_by_loss"):
+        text = "0 (tie; lower val loss)"
+    elif row.get("select_margin_examples") is not None:
+        text = f"+{row['select_margin_examples']:.1f} ex"
+    else:
+        text = f"+{row['select_margin']:.4f}"
+    edge = row.get("grid_edge") or []
+    return text + (f"; {', '.join(edge)} at grid end" if edge else "")
+
+
 def summary_rows(selections: list) -> list:
     """Returns one dict per selection: its hparams, validation and test accuracy over the
     chosen point's seeds (mean, sample std, t and bootstrap 95% CIs), shifted accuracy,
@@ -53,6 +80,9 @@ def summary_rows(selections: list) -> list:
             "sweep_hash": sel.sweep_hash, "hparams": sel.hparams, "seeds": sel.seeds,
             "val": _mean([metric(r, "val") for r in rs]),
             "val_select": sel.val_mean, "select_metric": sel.metric,
+            "select_margin": sel.margin, "select_margin_examples": sel.margin_examples,
+            "tie_broken_by_loss": sel.tie_broken_by_loss,
+            "grid_edge": sel.edge + _probe_edges(rs),
             "test": test, "test_std": test_std, "test_ci95": stats.t_ci95(tests),
             # Every seed must carry its bits: the interval is of the mean over all of them.
             "test_bootstrap_ci95": stats.bootstrap_ci95(correct) if len(correct) == len(rs)
@@ -133,6 +163,7 @@ def summary_table(rows: list, show_config: bool = False) -> str:
         return [_fmt(value) if value is not None else "-"]
     head = ["strategy", "n", "seeds", *(["config"] if show_config else []), "dataset",
             "shots", "hparams", "trainable %", "val acc",
+            "selection margin (val)",
             "test acc (mean ± sample std)", *beside("test"), "95% CI over seeds (t)",
             "95% CI over test examples (bootstrap)",
             *[c for s in shifted for c in (f"{s} acc (mean ± sample std)", *beside(s))],
@@ -144,7 +175,7 @@ def summary_table(rows: list, show_config: bool = False) -> str:
             r["strategy"], str(len(r["seeds"])), ", ".join(map(str, r["seeds"])),
             *([r["sweep_hash"][:8]] if show_config else []), str(r["dataset"]),
             shots_text(r["shots"]), hparams_text(r["hparams"]),
-            f"{100 * r['trainable_fraction']:.2f}", _fmt(r["val"]),
+            f"{100 * r['trainable_fraction']:.2f}", _fmt(r["val"]), _margin_cell(r),
             f"{_fmt(r['test'])} ± {std}", *number(r, "test"),
             _ci(r["test_ci95"], "n/a"), _ci(r["test_bootstrap_ci95"], "-"),
             *[c for s in shifted for c in (_shifted_cell(r, s, len(r["seeds"])),
@@ -287,8 +318,9 @@ def flat_summary(rows: list) -> list:
     for r in rows:
         row = {k: v for k, v in r.items()
                if k not in ("hparams", "seeds", "shifted", "shifted_std", "test_ci95",
-                            "test_bootstrap_ci95", "published")}
-        row.update(hparams=json.dumps(r["hparams"]), seeds=" ".join(map(str, r["seeds"])))
+                            "test_bootstrap_ci95", "published", "grid_edge")}
+        row.update(hparams=json.dumps(r["hparams"]), seeds=" ".join(map(str, r["seeds"])),
+                   grid_edge=" ".join(r["grid_edge"]))
         for key in ("test_ci95", "test_bootstrap_ci95"):
             lo, hi = r[key] or (math.nan, math.nan)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi})
@@ -316,6 +348,16 @@ def notes(records: list, selections: list) -> list:
     if repeated:
         out.append(f"{repeated} repeated run(s) (same config, strategy, hparams and seed) "
                    "left out of the summary; the last of each counts.")
+    if any(sel.margin is not None for sel in selections):
+        out.append("selection margin: the selected point's lead over the runner-up on the "
+                   "validation criterion (mean over the compared seeds), in validation "
+                   "examples (ex) for accuracy; a tie goes to the lower mean validation loss, "
+                   "then to grid order. A lead of one or two examples is a coin toss.")
+    edges = [f"{sel.name} on {sel.dataset} (shots {shots_text(sel.shots)}): "
+             f"{', '.join(sel.edge)}" for sel in selections if sel.edge]
+    if edges:
+        out.append("chosen at a grid end (the best value may lie beyond the grid): "
+                   + "; ".join(edges) + ".")
     chosen = {sel.key for sel in selections}
     for key in groups:
         if key not in chosen:

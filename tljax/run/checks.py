@@ -16,8 +16,9 @@ from tljax import adapt, data, models, optim, parallel, probe, strategies
 from tljax.errors import UserError
 from tljax.models import zoo
 from tljax.run.inputs import Inputs
-from tljax.run.settings import (COMPUTE_DTYPES, FINAL_FITS, SELECT_METRICS, check_published,
-                                strategy_config, strategy_rules, training_path)
+from tljax.run.settings import (COMPUTE_DTYPES, FINAL_FITS, SELECT_METRICS, check_compare,
+                                check_published, strategy_config, strategy_rules,
+                                training_path)
 from tljax.run.sources import create_model, model_name, resolve_weights
 
 
@@ -66,6 +67,7 @@ def validate(cfg, only=None, needs: list | None = None) -> models.Model:
             continue
         data.check_known(name)
     check_published(cfg)
+    check_compare(cfg)
     if cfg.final_fit not in FINAL_FITS:
         raise UserError(f"unknown final_fit {cfg.final_fit!r}; known: "
                         f"{', '.join(map(repr, FINAL_FITS))}")

@@ -16,7 +16,7 @@ from tljax.report.stats import encode_correct
 from tljax.run import curves, domain_gap, paths
 from tljax.run.plan import RunSpec
 from tljax.run.resources import Resources
-from tljax.run.settings import method_name, published_numbers, strategy_config
+from tljax.run.settings import compare_pairs, method_name, published_numbers, strategy_config
 
 # Training path -> its stages, called in order on one ``paths.Run``.
 STAGES = {"probe": (paths.fit_probe,), "network": (paths.fit_network,),
@@ -53,7 +53,7 @@ def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print)
         "config_hash": spec.run_hash, "path": spec.point.path,
         "trainable_params": trainable, "total_params": total, "shots": cfg.shots,
         "reinit_params": strategies.count_reinit(variables["params"], rules),
-        **published_numbers(cfg, method_name(strategy, cfg.adapt)),
+        **published_numbers(cfg, method_name(strategy, cfg.adapt)), **compare_pairs(cfg),
         "frozen_blocks": list(frozen), "bn_mode": run_cfg.bn_mode,
         "optim": run_cfg.to_dict(), "devices": jax.device_count(), "parallel": cfg.parallel,
         "compute_dtype": cfg.compute_dtype, "accum_steps": cfg.accum_steps,
@@ -82,8 +82,9 @@ def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print)
     labels = paths.split_labels(run)  # train: the examples trained on
     metrics = {name: train.classification_metrics(run.logits[name], ys)
                for name, ys in labels.items()}
+    # Validation bits too: the report states a selection margin in validation examples.
     correct = {name: encode_correct(np.argmax(run.logits[name], -1) == ys)
-               for name, ys in labels.items() if name not in ("train", "val")}
+               for name, ys in labels.items() if name != "train"}
     record = {**record, **run.record, "train_seconds": round(run.seconds, 3),
               "metrics": metrics, "correct": correct, "status": "ok"}
     if cfg.target:

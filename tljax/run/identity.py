@@ -24,7 +24,7 @@ from tljax import files
 NON_RESULT_KEYS = ("experiment", "log_every", "val_every", "checkpoint_every",
                    "eval_batch_size", "feature_cache", "data_dir", "download", "strategies",
                    "seeds", "sweep", "per_strategy", "select_seeds", "select_metric", "rules",
-                   "published", "published_source", "stream_above_mb")
+                   "published", "published_source", "stream_above_mb", "compare")
 OPTIM_KEYS = ("steps", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "grad_clip", "warmup_steps", "l2sp_alpha", "l2sp_beta")
 # What each training path never reads: the cached-feature probe trains no network, and a

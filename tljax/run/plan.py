@@ -25,7 +25,7 @@ from tljax import parallel
 from tljax.errors import UserError
 from tljax.run import checks, identity
 from tljax.run.resources import Resources
-from tljax.run.settings import (published_numbers, run_path, strategy_config,
+from tljax.run.settings import (compare_pairs, published_numbers, run_path, strategy_config,
                                 strategy_rules, training_path)
 
 # Keys that describe the sweep itself, or that no single run can take another value of.
@@ -33,7 +33,7 @@ NOT_SWEEPABLE = ("experiment", "strategies", "seeds", "sweep", "per_strategy", "
                  "select_metric", "rules", "pretrain", "shifted", "log_every",
                  "checkpoint_every", "eval_batch_size", "feature_cache", "data_dir", "download",
                  "final_fit", "splits", "published", "published_source", "stream_above_mb",
-                 "val_every")
+                 "val_every", "compare")
 PHASES = ("grid", "selected", "final")  # grid points; the selected point's other seeds; refit
 
 
@@ -105,6 +105,7 @@ class Plan:
     select_metric: str
     final_fit: str
     published: dict  # strategy -> the paper's numbers for its records (settings.published_numbers)
+    compare: dict = dataclasses.field(default_factory=dict)  # settings.compare_pairs: report only
 
     def points(self) -> list:
         return [p for s in self.strategies for p in s.grid]
@@ -280,4 +281,4 @@ def make(cfg, resources: Resources, workdir: str | None = None, log=print) -> Pl
         phases.append(StrategyPlan(strategy, grid, first, seeds[len(first):]))
     published = {name: published_numbers(cfg, name) for name in cfg.published.keys()}
     return Plan(cfg.experiment, tuple(phases), seeds, cfg.select_metric, cfg.final_fit,
-                published)
+                published, compare_pairs(cfg))

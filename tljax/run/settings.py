@@ -91,6 +91,30 @@ def with_published(experiment: str, published: dict, records: list) -> list:
     return out
 
 
+def compare_pairs(cfg) -> dict:
+    """Returns ``{"compare": [[A, B], ...]}`` for a run's record (the method pairs the report
+    compares seed by seed: ``tljax.report.paired``), or {} when ``cfg.compare`` is empty."""
+    return {"compare": [list(pair) for pair in cfg.compare]} if cfg.compare else {}
+
+
+def with_compare(experiment: str, compare: dict, records: list) -> list:
+    """Returns ``records`` with ``compare`` (``compare_pairs`` of the config as it is now) as
+    the pairs of each record of ``experiment``: pairs named after the runs finished reach
+    the report, as ``with_published``'s numbers do."""
+    return [{**{k: v for k, v in r.items() if k != "compare"}, **compare}
+            if r.get("experiment") == experiment else r for r in records]
+
+
+def check_compare(cfg) -> None:
+    """Raises ``UserError`` unless ``cfg.compare`` is a list of [A, B] pairs of two different
+    method names. The names are checked by the report, against the methods that ran."""
+    for pair in cfg.compare:
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or not all(isinstance(x, str) and x for x in pair) or pair[0] == pair[1]):
+            raise UserError(f"compare entry {pair!r} is not a pair of two different method "
+                            "names; give [[A, B], ...], e.g. [['full_ft', 'linear_probe']]")
+
+
 def check_published(cfg) -> None:
     """Raises ``UserError`` unless ``cfg.published`` gives accuracies in [0, 1] for test or a
     shifted split. A strategy not run is allowed (``--set strategies=...`` may drop one)."""
