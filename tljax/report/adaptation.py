@@ -7,7 +7,8 @@ a plot of target against source accuracy."""
 import math
 
 from tljax.report import stats
-from tljax.report.plots import _figure, _save
+from tljax.report.plots import (_figure, _save, ci95_half_of, legend_outside,
+                                over_seeds, series_style)
 from tljax.report.records import hparams_text, metric
 from tljax.report.selection import select
 
@@ -67,25 +68,35 @@ def adaptation_table(records: list, selections: list, metric: str = "accuracy"):
     return _NOTE + "\n\n" + "\n".join(lines)
 
 
-def target_vs_source(selections: list, out_dir: str):
-    """Writes ``target_vs_source.png``: per method (the point selected on source val), its
-    target accuracy against its source test accuracy, each with the seeds' sample std;
-    returns its path, or None without a target."""
+def _build_target_vs_source(selections: list):
+    """Returns the Figure of ``target_vs_source.png``: per method (the point selected on
+    source val), its target accuracy against its source test accuracy, both means over its
+    seeds with the 95% t interval as error bars; None without a target."""
     chosen = [s for s in selections if any(r.get("target") for r in s.records)]
     if not chosen:
         return None
     fig, axes = _figure(1)
     ax = axes[0]
+    ns, i = [], 0
     for sel in chosen:
-        (sx, sxe), (ty, tye) = _acc(sel.records, "test"), _acc(sel.records, "target")
+        sources = [metric(r, "test") for r in sel.records]
+        targets = [metric(r, "target") for r in sel.records]
+        sx, ty = stats.mean_std(sources)[0], stats.mean_std(targets)[0]
         if not (math.isfinite(sx) and math.isfinite(ty)):
             continue
-        ax.errorbar(sx, ty, xerr=sxe if math.isfinite(sxe) else None,
-                    yerr=tye if math.isfinite(tye) else None, fmt="o", capsize=3,
-                    label=sel.name)
-    ax.set_xlabel("source test accuracy (mean ± sample std over seeds)")
+        ax.errorbar(sx, ty, xerr=ci95_half_of(sources), yerr=ci95_half_of(targets),
+                    elinewidth=1.0, capsize=3, label=sel.name, **series_style(i, line=False))
+        ns.append(len(stats.finite(targets)))
+        i += 1
+    ax.set_xlabel(f"source test accuracy ({over_seeds(ns)})")
     ax.set_ylabel("target test accuracy")
     ax.set_title("Domain adaptation: target vs source (selected on source val)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    return _save(fig, out_dir, "target_vs_source.png")
+    legend_outside(ax)
+    return fig
+
+
+def target_vs_source(selections: list, out_dir: str):
+    """Writes ``target_vs_source.png``; returns its path, or None without a target."""
+    fig = _build_target_vs_source(selections)
+    return None if fig is None else _save(fig, out_dir, "target_vs_source.png")
