@@ -77,7 +77,7 @@ BAD = [
     (["run", "no/such/config.py"], "config file not found: 'no/such/config.py'"),
     (["run", MAIN, "--set", "stpes=3"], "unknown config key 'stpes'; known:"),
     (["run", MAIN, "--set", "model=resnet19"],
-     "unknown model 'resnet19'; known: bert_base, bert_minilm_l6, cnn, cnn6, efficientnet_lite0"),
+     "unknown model 'resnet19'; known: bert_base, bert_minilm_l6, cnn, cnn6, cnn6s, efficientnet_lite0"),
     (["run", MAIN, "--set", "dataset=digitz"], "unknown dataset 'digitz'; known: digits"),
     (["run", MAIN, "--set", "strategies=[\"bitfti\"]"], "unknown strategy 'bitfti'; known: bitfit"),
     (["run", MAIN, "--set", "rules={\"mine\": [[\"(head\", \"train\"]]}",
@@ -107,7 +107,7 @@ BAD = [
      "weights 'efficientnet_lite0' take 3-channel input; got channels=1; valid: 3"),
     (["run", MAIN, "--set", "model=bert_minilm_l6", "weights="],
      "model 'bert_minilm_l6' takes text (token ids), not images (image_size=48, channels=None); "
-     "image models: cnn, cnn6, efficientnet_lite0"),
+     "image models: cnn, cnn6, cnn6s, efficientnet_lite0"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", MAIN, "--set", "strategies=[\"last_k:99\"]"],
      "last_k:99 is out of range; valid: 0 <= K <= 18 (model 'efficientnet_lite0': 18 backbone "

@@ -39,8 +39,20 @@ def test_class_subset_relabels_in_the_given_order():
     np.testing.assert_array_equal(sub.splits["test"].labels, np.where(want == 7, 0, 1))
 
 
+def test_classes_joined_by_plus_share_one_label():
+    """A superclass (BREEDS-style subpopulation shifts): each '+' group is one label."""
+    full, sub = data.load("digits"), data.load("digits:6+8,5+7+9")
+    assert sub.num_classes == 2 and sub.class_names == ("6+8", "5+7+9")
+    want = full.splits["test"].labels
+    want = want[np.isin(want, [5, 6, 7, 8, 9])]
+    np.testing.assert_array_equal(sub.splits["test"].labels, np.where(np.isin(want, [6, 8]), 0, 1))
+
+
 @pytest.mark.parametrize("spec,match", [("digits:0-x", "bad class subset"),
                                         ("digits:3", "two or more"),
+                                        ("digits:3+4", "two or more"),
+                                        ("digits:0+2,2+4", "each class in one of them"),
+                                        ("digits:0+11,1", "class 11 is not in dataset"),
                                         ("digits:0-12", "class 10 is not in dataset"),
                                         ("no_such_dataset", "unknown dataset 'no_such_dataset'")])
 def test_bad_dataset_specs_are_named(spec, match):

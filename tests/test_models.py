@@ -60,3 +60,17 @@ def test_vgg_runs_between_the_sizes_it_used_to_take():
     model = models.create("vgg16", 3, image_size=64)  # a 2x2 last map: once a ValueError
     variables = jax.eval_shape(model.init, jax.random.key(0))
     assert jax.eval_shape(model.module.apply, variables, model.dummy_input(1)).shape == (1, 3)
+
+
+def test_cnn6s_first_block_is_two_convs_and_six_percent_of_the_params():
+    """Surgical fine-tuning's first block must be of realistic size (Lee et al. 2023):
+    cnn6s's block1 holds both of its convs, about 6% of the params; the other blocks keep
+    cnn6's one-conv names."""
+    model = models.create("cnn6s", 10)
+    variables = model.init(jax.random.key(0))
+    params = variables["params"]["backbone"]
+    assert sorted(params["block1"]) == ["bn", "bn1", "conv", "conv1"]
+    assert sorted(params["block2"]) == ["bn", "conv"]
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    share = count(params["block1"]) / count(variables["params"])
+    assert 0.05 < share < 0.08

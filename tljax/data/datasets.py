@@ -3,7 +3,8 @@
 A dataset spec is a TFDS name with an optional class subset and an optional corruption:
 ``digits``, ``digits:0-4``, ``cifar10:0,1,8``, ``digits:5-9@gaussian_noise:3``,
 ``digits@contrast:2``. A subset keeps the listed classes, relabelled 0..k-1 in the order
-given; a corruption (``tljax.data.corruptions``) applies to every split at a severity 1-5.
+given (``digits:0+2+4,1+3``: classes joined by ``+`` share one label, a superclass whose
+subpopulations a source and a target can split); a corruption (``tljax.data.corruptions``) applies to every split at a severity 1-5.
 tljax's own builders (``digits``) are prepared on first use; TFDS catalog names read their
 prepared array_record data, and are downloaded and prepared (as array_record) when
 ``download`` is True. Text classification datasets (a ``.csv``/``.jsonl`` path,
@@ -77,15 +78,24 @@ def parse_spec(spec: str) -> tuple:
     classes = []
     try:
         for part in subset.split(","):
+            if "+" in part:  # classes joined into one label: a superclass
+                classes.append(tuple(int(c) for c in part.split("+")))
+                continue
             lo, dash, hi = part.partition("-")
             classes += list(range(int(lo), int(hi) + 1)) if dash else [int(lo)]
     except ValueError:
+        raise UserError(f"bad class subset {subset!r} in dataset {spec!r}; expected e.g. "
+                        "'digits:0-4', 'cifar10:0,1,8' or 'digits:0+2+4,1+3'") from None
+    members = [c for entry in classes for c in _members(entry)]
+    if len(set(members)) != len(members) or len(classes) < 2:
         raise UserError(f"bad class subset {subset!r} in dataset {spec!r}; "
-                        "expected e.g. 'digits:0-4' or 'cifar10:0,1,8'") from None
-    if len(set(classes)) != len(classes) or len(classes) < 2:
-        raise UserError(f"bad class subset {subset!r} in dataset {spec!r}; "
-                        "need two or more distinct classes")
+                        "need two or more labels, each class in one of them")
     return name, tuple(classes), corruption
+
+
+def _members(entry) -> tuple:
+    """Returns the dataset classes behind one label of a subset: ``3`` or ``(0, 2, 4)``."""
+    return entry if isinstance(entry, tuple) else (entry,)
 
 
 def kind(name: str) -> str:
@@ -302,18 +312,20 @@ def load(spec: str, data_dir: str | None = None, download: bool = False,
 def class_view(name: str, num_classes: int, names: tuple, splits: dict,
                classes: tuple) -> tuple:
     """Returns ``(names, splits)`` kept to ``classes``, relabelled 0..k-1 in the order given
-    (image and text splits alike: each has ``labels`` and ``take``). Raises ``UserError``
-    for a class not in the dataset."""
-    bad = [c for c in classes if not 0 <= c < num_classes]
+    (image and text splits alike: each has ``labels`` and ``take``); an entry that is a
+    tuple of classes becomes one label (named ``a+b``). Raises ``UserError`` for a class
+    not in the dataset."""
+    bad = [c for entry in classes for c in _members(entry) if not 0 <= c < num_classes]
     if bad:
         raise UserError(f"class {bad[0]} is not in dataset {name!r}; valid: 0-{num_classes - 1}")
     remap = np.full(num_classes, -1, np.int64)
-    remap[list(classes)] = np.arange(len(classes))
+    for label, entry in enumerate(classes):
+        remap[list(_members(entry))] = label
     views = {}
     for split_name, split in splits.items():
         keep = np.flatnonzero(remap[split.labels] >= 0)
         views[split_name] = split.take(keep, remap[split.labels[keep]])
-    return tuple(names[c] for c in classes), views
+    return tuple("+".join(str(names[c]) for c in _members(entry)) for entry in classes), views
 
 
 def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

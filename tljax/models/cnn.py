@@ -11,17 +11,20 @@ from tljax.models.layers import Conv
 
 
 class ConvBlock(nn.Module):
-    """conv3x3 -> BatchNorm -> ReLU, then an optional 2x2 max-pool."""
+    """``convs`` x (conv3x3 -> BatchNorm -> ReLU), then an optional 2x2 max-pool."""
 
     features: int
     pool: bool
     train: bool
     frozen: Sequence[tuple] = ()  # module paths of frozen blocks (blocktable.frozen_paths)
+    convs: int = 1
 
     @nn.compact
     def __call__(self, x):
-        x = Conv(self.features, (3, 3), padding=1, name="conv")(x)
-        x = nn.relu(batch_norm(self, "bn", self.train, self.frozen)(x))
+        for i in range(self.convs):
+            suffix = str(i) if i else ""  # the first keeps the one-conv block's names
+            x = Conv(self.features, (3, 3), padding=1, name=f"conv{suffix}")(x)
+            x = nn.relu(batch_norm(self, f"bn{suffix}", self.train, self.frozen)(x))
         return nn.max_pool(x, (2, 2), (2, 2)) if self.pool else x
 
 
@@ -36,14 +39,16 @@ class SmallCNN(nn.Module):
     widths: Sequence[int] = (32, 64, 128)
     pools: Sequence[bool] = (False, True, True)  # a 2x2 max-pool after the block
     table: Sequence = None  # None: TABLE
+    convs: Sequence[int] = None  # convolutions per block; None: one each
 
     @nn.compact
     def __call__(self, x, train: bool = False, frozen_blocks: Sequence[str] = ()):
         """Returns pooled features, shape (batch, widths[-1])."""
         table = self.table or TABLE
         frozen = blocktable.frozen_paths(self, frozen_blocks, table)
-        for (name, _), width, pool in zip(table, self.widths, self.pools):
-            x = ConvBlock(width, pool=pool, train=train, frozen=frozen, name=name)(x)
+        convs = self.convs or (1,) * len(table)
+        for (name, _), width, pool, n in zip(table, self.widths, self.pools, convs):
+            x = ConvBlock(width, pool=pool, train=train, frozen=frozen, convs=n, name=name)(x)
         return jnp.mean(x, axis=(1, 2))
 
 
@@ -56,3 +61,9 @@ DEEP_TABLE = tuple((f"block{i}", (f"block{i}",)) for i in range(1, 7))
 DEEP_WIDTHS = (16, 32, 32, 64, 64, 128)
 DEEP_POOLS = (False, True, False, True, False, False)
 DEEP_BLOCKS = blocktable.regexes(DEEP_TABLE)
+
+# cnn6s: cnn6 with a first block of realistic size for surgical fine-tuning (Lee et al.
+# 2023): two 32-wide 3x3 convs, about 6% of the params (ResNet-18's first stage is 1.3%,
+# cnn6's one 16-wide conv 0.12%).
+SURGICAL_WIDTHS = (32, 32, 32, 64, 64, 128)
+SURGICAL_CONVS = (2, 1, 1, 1, 1, 1)

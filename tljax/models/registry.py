@@ -102,6 +102,11 @@ _FAMILIES = {
                     cnn.DEEP_BLOCKS, Preprocessing(16, 1, (0.5,), (0.5,)),
                     "small 6-block CNN for layer-by-layer transfer miniatures, 16 px grey",
                     min_image_size=4),  # two 2x2 max-pools
+    "cnn6s": _Family(lambda size: cnn.SmallCNN(cnn.SURGICAL_WIDTHS, cnn.DEEP_POOLS,
+                                               cnn.DEEP_TABLE, cnn.SURGICAL_CONVS),
+                     cnn.DEEP_BLOCKS, Preprocessing(16, 1, (0.5,), (0.5,)),
+                     "cnn6 with a first block of two 32-wide convs (6% of its params), "
+                     "for surgical fine-tuning miniatures, 16 px grey", min_image_size=4),
     **{name: _resnet(name) for name in resnet.DEPTHS},
     "efficientnet_lite0": _Family(
         lambda size: efficientnet.EfficientNetLite(), efficientnet.blocks(),
