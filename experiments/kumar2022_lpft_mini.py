@@ -21,17 +21,45 @@ Run: tljax run experiments/kumar2022_lpft_mini.py --workdir runs/kumar2022
 
 from tljax.config import transfer
 
+# What each pairing tests: LP-FT vs FT (the method), FT and LP-FT vs LP (the distortion).
+COMPARE = [["lp_ft", "full_ft"], ["full_ft", "linear_probe"], ["lp_ft", "linear_probe"]]
 
-def get_config():
+
+def _self_pretrained():
     c = transfer(experiment="kumar2022_lpft_mini", model="cnn", dataset="digits:5-9")
     c.pretrain.dataset = "digits"
     c.pretrain.mix = ["digits@invert:5"]
     c.pretrain.steps = 600
-    c.strategies = ["linear_probe", "full_ft", "lp_ft"]
-    c.seeds = [0, 1, 2]
     c.shots = 10
     c.steps = 150
     c.batch_size = 25
     c.sweep = {"lr": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
     c.shifted = {"invert5": "digits:5-9@invert:5", "invert4": "digits:5-9@invert:4"}
+    return c
+
+
+def _imagenet():
+    c = transfer(experiment="kumar2022_lpft_mini_imagenet", model="efficientnet_lite0",
+                 weights="efficientnet_lite0", dataset="digits:5-9", image_size=48)
+    c.steps = 60
+    c.batch_size = 32
+    c.warmup_steps = 6
+    c.bn_mode = "eval"
+    c.sweep = {"lr": [1e-4, 4.6e-4, 2.2e-3, 1e-2]}
+    c.shifted = {"noise": "digits:5-9@gaussian_noise:3", "blur": "digits:5-9@gaussian_blur:3",
+                 "contrast": "digits:5-9@contrast:3"}
+    return c
+
+
+SOURCES = {"self": _self_pretrained, "imagenet": _imagenet}
+
+
+def get_config(source="self"):
+    if source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+    c = SOURCES[source]()
+    c.strategies = ["linear_probe", "full_ft", "lp_ft"]
+    c.seeds = [0, 1, 2, 3, 4]
+    c.select_seeds = 0  # every point on every seed: selection over all five
+    c.compare = COMPARE
     return c

@@ -17,9 +17,12 @@ freezes them (AnB / BnB), ``transfer_n+:N`` copies and fine-tunes them (AnB+ / B
 later blocks are re-initialised at the run's seed and trained, the head is new. N = 0
 (every block re-initialised: B trained from scratch) is the base, run once, in ``:AnB``.
 
-Training: 200 steps, batch 32, Adam at LR 3e-3 with cosine decay, for every N alike, as the
-paper trains every n with one setting. The LR was set by hand, not swept (a sweep per N
-would double the 15-minute budget), before any run of this protocol; 3 seeds.
+Training: 200 steps, batch 32, Adam with cosine decay. The learning rate is selected on
+B's validation split per strategy (each N of each kind) from [1e-3, 3e-3, 1e-2], every point
+on all five seeds (the first version of this miniature set 3e-3 by hand for every N, as the
+paper trains every n with one setting; a reviewer rightly asked for it to be selected like
+everything else). The target cannot be made larger offline: B is digits 5-9, 628 training
+images, all of them used; the noise stays at severity 5.
 
 Run both sources into one workdir; the report's transfer_curves.png draws the four curves
 and the base:
@@ -44,8 +47,12 @@ def get_config(source="AnB"):
     first = 0 if source == "AnB" else 1  # the base (N = 0) does not depend on the source
     c.strategies = ([f"transfer_n:{n}" for n in range(first, DEPTH + 1)]
                     + [f"transfer_n+:{n}" for n in range(1, DEPTH + 1)])
-    c.seeds = [0, 1, 2]
+    c.seeds = [0, 1, 2, 3, 4]
+    c.select_seeds = 0  # every point on every seed: selection over all five
     c.steps = 200
     c.batch_size = 32
-    c.lr = 3e-3
+    c.sweep = {"lr": [1e-3, 3e-3, 1e-2]}
+    # Each kind against the base (N = 0) at the depths where the paper's effects live.
+    c.compare = [[f"{kind}:{n}", "transfer_n:0"] for kind in ("transfer_n", "transfer_n+")
+                 for n in range(1, DEPTH + 1)]
     return c
