@@ -18,10 +18,11 @@ def _both(spec: str, **kw) -> tuple:
     return data.load(spec), streaming.load(spec, prep=PREP, stream_above_mb=0, **kw)
 
 
-@pytest.mark.parametrize("spec", ["digits", "digits:5-9@gaussian_noise:3"])
+@pytest.mark.parametrize("spec", ["digits", "digits:5-9@gaussian_noise:3", "digits:6+8,5+7+9"])
 def test_streamed_batches_equal_in_memory_batches_for_the_same_seed(spec):
     mem, lazy = _both(spec)
     assert lazy.num_classes == mem.num_classes and lazy.class_names == mem.class_names
+    assert streaming.num_classes(spec) == mem.num_classes  # what planning reads
     for name in ("train", "val", "test"):
         np.testing.assert_array_equal(lazy.splits[name].labels, mem.splits[name].labels)
     y = mem.splits["train"].labels

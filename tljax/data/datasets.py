@@ -309,23 +309,31 @@ def load(spec: str, data_dir: str | None = None, download: bool = False,
     return Dataset(spec, len(classes), names, views)
 
 
-def class_view(name: str, num_classes: int, names: tuple, splits: dict,
-               classes: tuple) -> tuple:
-    """Returns ``(names, splits)`` kept to ``classes``, relabelled 0..k-1 in the order given
-    (image and text splits alike: each has ``labels`` and ``take``); an entry that is a
-    tuple of classes becomes one label (named ``a+b``). Raises ``UserError`` for a class
-    not in the dataset."""
+def subset_remap(name: str, num_classes: int, names: tuple, classes: tuple) -> tuple:
+    """Returns ``(remap, view names)`` for a class subset: ``remap[c]`` is class c's label in
+    the view (-1: dropped), labels 0..k-1 in the order of ``classes``, a tuple entry of
+    classes sharing one label (named ``a+b``). Raises ``UserError`` for a class not in the
+    dataset."""
     bad = [c for entry in classes for c in _members(entry) if not 0 <= c < num_classes]
     if bad:
         raise UserError(f"class {bad[0]} is not in dataset {name!r}; valid: 0-{num_classes - 1}")
     remap = np.full(num_classes, -1, np.int64)
     for label, entry in enumerate(classes):
         remap[list(_members(entry))] = label
+    return remap, tuple("+".join(str(names[c]) for c in _members(entry)) for entry in classes)
+
+
+def class_view(name: str, num_classes: int, names: tuple, splits: dict,
+               classes: tuple) -> tuple:
+    """Returns ``(names, splits)`` kept to ``classes`` (``subset_remap``), image and text
+    splits alike: each has ``labels`` and ``take``. Raises ``UserError`` for a class not in
+    the dataset."""
+    remap, view_names = subset_remap(name, num_classes, names, classes)
     views = {}
     for split_name, split in splits.items():
         keep = np.flatnonzero(remap[split.labels] >= 0)
         views[split_name] = split.take(keep, remap[split.labels[keep]])
-    return tuple("+".join(str(names[c]) for c in _members(entry)) for entry in classes), views
+    return view_names, views
 
 
 def k_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -31,7 +31,6 @@ import numpy as np
 from tljax import files
 from tljax.data import corruptions, datasets
 from tljax.data.lazy import READ_CHUNK, Records
-from tljax.errors import UserError
 
 
 
@@ -140,13 +139,7 @@ def load(spec: str, data_dir: str | None = None, download: bool = False, prep=No
     remap = np.arange(full.num_classes)
     names = full.names
     if classes is not None:
-        bad = [c for c in classes if not 0 <= c < full.num_classes]
-        if bad:
-            raise UserError(f"class {bad[0]} is not in dataset {name!r}; valid: "
-                            f"0-{full.num_classes - 1}")
-        remap = np.full(full.num_classes, -1, np.int64)
-        remap[list(classes)] = np.arange(len(classes))
-        names = tuple(full.names[c] for c in classes)
+        remap, names = datasets.subset_remap(name, full.num_classes, full.names, classes)
     views = {}
     for split, labels in full.labels.items():
         rows = np.flatnonzero(remap[labels] >= 0)
@@ -172,8 +165,4 @@ def num_classes(spec: str, data_dir: str | None = None, download: bool = False,
     total = builder.info.features[label_key].num_classes
     if classes is None:
         return total
-    bad = [c for c in classes if not 0 <= c < total]
-    if bad:
-        raise UserError(f"class {bad[0]} is not in dataset {name!r}; valid: "
-                                 f"0-{total - 1}")
-    return len(classes)
+    return len(datasets.subset_remap(name, total, tuple(map(str, range(total))), classes)[1])
