@@ -270,3 +270,14 @@ def test_report_compare_with_a_bad_name_exits_2_with_one_line(tmp_path, capsys):
     assert captured.err.strip().splitlines() == [
         "tljax: error: unknown method to compare 'lp'; known: full_ft, linear_probe"]
     assert captured.out == ""  # nothing printed that looks like a report
+
+
+def test_verdicts_name_the_dataset_when_the_report_covers_several():
+    """Over several datasets a bare 'A ahead of B on test' would not say where."""
+    rng = np.random.default_rng(0)
+    records = [_record(strategy, seed, _bits(acc + 0.01 * seed, rng), dataset=dataset)
+               for dataset, first in (("digits@invert:5", 0.9), ("digits@gaussian_blur:5", 0.5))
+               for seed in range(3) for strategy, acc in (("first", first), ("middle", 0.7))]
+    text = paired.section(*paired.compare_all(report.select(records), [("first", "middle")]))
+    assert "first ahead of middle on test of digits@invert:5" in text
+    assert "middle ahead of first on test of digits@gaussian_blur:5" in text

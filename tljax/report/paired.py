@@ -235,12 +235,16 @@ def _winner(row: PairedRow):
     return row.a if lo > 0 else row.b if hi < 0 else None
 
 
-def verdict(row: PairedRow) -> str:
+def verdict(row: PairedRow, place: bool = False) -> str:
     """Returns one line on ``row``: ``A ahead of B on SPLIT: +x.xxx [lo, hi], k/n seeds``
     when the t interval of the mean difference excludes 0 (named the other way round when
     B is ahead), else that no difference is shown, or that the interval is undefined with
-    fewer than two common seeds."""
+    fewer than two common seeds. ``place`` adds the dataset and shots (``on test of
+    digits@invert:5, 10-shot``), for a report over several."""
     where = f"on {row.split}"
+    if place:
+        shots = f", {shots_text(row.shots)}-shot" if row.shots else ""
+        where += f" of {row.dataset}{shots}"
     if row.ci95 is None:
         return (f"{row.a} vs {row.b} {where}: {row.n} common seed(s); the interval is "
                 "undefined (needs 2)")
@@ -307,7 +311,8 @@ def section(rows: list, notes: list) -> str:
     pairs that could not be compared; '' when there is nothing."""
     parts = []
     if rows:
-        parts += [table(rows), "\n".join(f"- {verdict(row)}" for row in rows)]
+        several = len({(row.dataset, row.shots) for row in rows}) > 1
+        parts += [table(rows), "\n".join(f"- {verdict(row, several)}" for row in rows)]
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))
     return "\n\n".join(parts)
