@@ -162,3 +162,13 @@ def test_the_probe_head_is_bit_identical_with_a_cold_and_a_warm_compilation_cach
     assert warm["probe"]["sweep"] == cold["probe"]["sweep"]
     assert warm["metrics"] == cold["metrics"]
     assert cold["probe"]["converged"]
+
+
+def test_non_finite_training_features_fail_instead_of_giving_a_zero_head():
+    """scipy returns its start point when the objective is NaN: that zero head must not be
+    recorded as a fitted probe."""
+    x, y = _raw_digits()
+    bad = x[:200].copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(FloatingPointError, match="not all finite"):
+        probe.fit_probe((bad, y[:200]), (x[200:300], y[200:300]), 10, standardize=False)

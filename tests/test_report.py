@@ -137,6 +137,28 @@ def test_a_tie_on_validation_accuracy_goes_to_the_lower_validation_loss_not_grid
     assert selection.select(seeds)[0].hparams == {"lr": 1e-3}
 
 
+def test_a_tie_the_loss_did_not_break_is_not_said_to_be_broken_by_it():
+    equal = [_record(hparams={"lr": lr}, val=0.8, val_loss=0.2) for lr in (1e-2, 1e-3)]
+    [chosen] = selection.select(equal)
+    assert chosen.hparams == {"lr": 1e-2} and chosen.margin == 0.0  # grid order decided
+    assert not chosen.tie_broken_by_loss
+    [by_loss] = selection.select(equal, "loss")
+    assert not by_loss.tie_broken_by_loss
+
+
+def test_the_grid_end_counts_points_that_failed_on_every_seed():
+    records = [_record(hparams={"lr": 1e-3}, val=0.7), _record(hparams={"lr": 1e-2}, val=0.9),
+               _record(hparams={"lr": 1e-1}, status="failed")]
+    assert selection.select(records)[0].edge == []  # 1e-1 was tried: 1e-2 is inside the grid
+
+
+def test_the_json_summary_carries_the_selection_margin_and_grid_end():
+    records = [_record(hparams={"lr": 1e-3}, val=0.8), _record(hparams={"lr": 1e-2}, val=0.9)]
+    [row] = report.summary(records)["selected"]
+    assert row["select_margin"] == pytest.approx(0.1)
+    assert row["grid_edge"] == ["lr"] and row["tie_broken_by_loss"] is False
+
+
 def test_selection_margin_is_the_lead_over_the_runner_up_in_validation_examples():
     val_bits = {"val": np.ones(200, bool)}  # the validation split has 200 examples
     records = [_record(seed=s, hparams={"lr": lr}, val=v, correct=val_bits)

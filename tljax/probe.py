@@ -223,6 +223,9 @@ def fit_logistic(x, y, num_classes: int, l2: float, init=None, max_iter: int = 1
     from scipy import optimize  # a dependency of scikit-learn; imported where used
 
     x = np.asarray(x, np.float64)
+    if not np.isfinite(x).all():
+        # scipy would return the zero start point as a head, recorded as a finished run.
+        raise FloatingPointError("the probe's training features are not all finite")
     onehot = np.eye(num_classes)[np.asarray(y)]
     d = x.shape[1]
     if init is None:
@@ -234,6 +237,8 @@ def fit_logistic(x, y, num_classes: int, l2: float, init=None, max_iter: int = 1
                                jac=True, method="L-BFGS-B",
                                options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-15,
                                         "maxcor": 10})
+    if not np.isfinite(result.fun):
+        raise FloatingPointError(f"the probe's objective is not finite at L2 {l2}")
     params = {"kernel": result.x[:d * num_classes].reshape(d, num_classes),
               "bias": result.x[d * num_classes:]}
     converged = bool(np.max(np.abs(result.jac)) <= tol)

@@ -139,6 +139,11 @@ def select(records, metric: str = "accuracy", split: str = "val") -> list:
     sign = 1.0 if METRICS[metric] else -1.0
     selections = []
     diverged = _diverged(records)
+    # Points that failed on every seed were tried too: the grid's ends include them.
+    tried = {}
+    for r in records:
+        if r.get("status") == "failed":
+            tried.setdefault(group_key(r), []).append(r.get("hparams") or {})
     for key, group in points(records).items():
         common = set.intersection(*(set(runs) for _, runs in group.values()))
         # A point that failed (diverged) on a seed is passed over while another point never
@@ -165,8 +170,14 @@ def select(records, metric: str = "accuracy", split: str = "val") -> list:
         margin = margin_examples = None
         tie = False
         if len(ranked) > 1:
-            margin = sign * (mean - ranked[1][0])
-            tie = abs(margin) < 1e-12
+            runner_up = ranked[1]
+            margin = sign * (mean - runner_up[0])
+            if round(mean, 12) == round(runner_up[0], 12):
+                margin = 0.0
+                # Said only where the loss decided: not for the loss itself, nor for equal
+                # or missing losses, which leave the choice to grid order.
+                tie = (metric != "loss" and math.isfinite(ranked[0][1])
+                       and math.isfinite(runner_up[1]) and ranked[0][1] != runner_up[1])
             n_val = _split_size(runs, split)
             if metric == "accuracy" and n_val:
                 margin_examples = margin * n_val
@@ -176,5 +187,5 @@ def select(records, metric: str = "accuracy", split: str = "val") -> list:
             hparams=hparams, records=[runs[s] for s in sorted(runs)], val_mean=mean,
             compared_seeds=compared, grid=grid, metric=metric, adapt=adapt, split=split,
             margin=margin, margin_examples=margin_examples, tie_broken_by_loss=tie,
-            edge=grid_edges(hparams, [g["hparams"] for g in grid])))
+            edge=grid_edges(hparams, [g["hparams"] for g in grid] + tried.get(key, []))))
     return selections

@@ -48,7 +48,8 @@ def _margin_cell(row: dict) -> str:
     validation examples where the split size is known (``+1.5 ex``), with the swept keys
     chosen at a grid end."""
     if row.get("select_margin") is None:
-        text = "- (one point)"
+        text = "- (one point)" if row.get("grid_points", 1) <= 1 else \
+            "- (no finite runner-up)"
     elif row.get("tie_broken_by_loss"):
         text = "0 (tie; lower val loss)"
     elif row.get("select_margin_examples") is not None:
@@ -82,7 +83,7 @@ def summary_rows(selections: list) -> list:
             "val_select": sel.val_mean, "select_metric": sel.metric,
             "select_margin": sel.margin, "select_margin_examples": sel.margin_examples,
             "tie_broken_by_loss": sel.tie_broken_by_loss,
-            "grid_edge": sel.edge + _probe_edges(rs),
+            "grid_edge": sel.edge + _probe_edges(rs), "grid_points": len(sel.grid),
             "test": test, "test_std": test_std, "test_ci95": stats.t_ci95(tests),
             # Every seed must carry its bits: the interval is of the mean over all of them.
             "test_bootstrap_ci95": stats.bootstrap_ci95(correct) if len(correct) == len(rs)
@@ -120,7 +121,8 @@ def summary_json(rows: list, n_runs: int) -> dict:
     keys = ("strategy", "dataset", "shots", "hparams", "val", "test", "test_std", "seeds",
             "shifted", "shifted_std", "test_ci95", "test_bootstrap_ci95", "trainable_fraction",
             "sweep_hash", "select_metric", "val_select", "train_seconds", "features",
-            "published", "published_source")
+            "published", "published_source", "select_margin", "select_margin_examples",
+            "tie_broken_by_loss", "grid_edge")
     return {"selected": [_clean({k: row[k] for k in keys}) for row in rows], "runs": n_runs}
 
 
@@ -320,7 +322,7 @@ def flat_summary(rows: list) -> list:
                if k not in ("hparams", "seeds", "shifted", "shifted_std", "test_ci95",
                             "test_bootstrap_ci95", "published", "grid_edge")}
         row.update(hparams=json.dumps(r["hparams"]), seeds=" ".join(map(str, r["seeds"])),
-                   grid_edge=" ".join(r["grid_edge"]))
+                   grid_edge="; ".join(r["grid_edge"]))
         for key in ("test_ci95", "test_bootstrap_ci95"):
             lo, hi = r[key] or (math.nan, math.nan)
             row.update({f"{key}_lo": lo, f"{key}_hi": hi})
@@ -354,10 +356,19 @@ def notes(records: list, selections: list) -> list:
                    "examples (ex) for accuracy; a tie goes to the lower mean validation loss, "
                    "then to grid order. A lead of one or two examples is a coin toss.")
     edges = [f"{sel.name} on {sel.dataset} (shots {shots_text(sel.shots)}): "
-             f"{', '.join(sel.edge)}" for sel in selections if sel.edge]
+             f"{', '.join(sel.edge + _probe_edges(sel.records))}" for sel in selections
+             if sel.edge or _probe_edges(sel.records)]
     if edges:
         out.append("chosen at a grid end (the best value may lie beyond the grid): "
                    + "; ".join(edges) + ".")
+    unconverged = [f"{sel.name} on {sel.dataset} (shots {shots_text(sel.shots)}), seed(s) "
+                   + ", ".join(str(r["seed"]) for r in sel.records
+                               if (r.get("probe") or {}).get("converged") is False)
+                   for sel in selections
+                   if any((r.get("probe") or {}).get("converged") is False for r in sel.records)]
+    if unconverged:
+        out.append("probe stopped before converging at its chosen L2 (iteration cap or a "
+                   "stalled line search): " + "; ".join(unconverged) + ".")
     chosen = {sel.key for sel in selections}
     for key in groups:
         if key not in chosen:

@@ -134,6 +134,10 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
     for key in ("shifted", "splits", "final_fit", "keep_head", "target"):
         if not settings.get(key):
             settings.pop(key, None)
+    if path.startswith("probe") and cfg_dict.get("probe_solver") == "lbfgs":
+        # The float64 host solver replaced optax's float32 L-BFGS: its heads differ, so a
+        # probe recorded by the old solver is not this run's result.
+        settings["probe_lbfgs"] = "host-float64"
     if settings.get("adapt") in ("none", None):  # no adaptation: its weight reads nothing
         settings.pop("adapt", None)
         settings.pop("adapt_weight", None)

@@ -78,7 +78,8 @@ def fit_probe(run: Run) -> None:
     run.record["probe"] = {
         "solver": result.solver, "l2": result.l2, "standardize": cfg.probe_standardize,
         "sweep": result.sweep, "iterations": chosen["iterations"],
-        "converged": chosen.get("converged", True),
+        # L-BFGS says; ridge is closed form; Adam runs its steps with no test (None).
+        "converged": chosen.get("converged", True if result.solver == "ridge" else None),
         # The head's bytes: two runs on the same features must give the same hash.
         "head_sha256": probe.fingerprint_arrays(run.variables["params"]["head"]),
         "extract_seconds": round(extract_seconds, 3), "solve_seconds": round(result.seconds, 3),
