@@ -281,3 +281,20 @@ def test_verdicts_name_the_dataset_when_the_report_covers_several():
     text = paired.section(*paired.compare_all(report.select(records), [("first", "middle")]))
     assert "first ahead of middle on test of digits@invert:5" in text
     assert "middle ahead of first on test of digits@gaussian_blur:5" in text
+
+
+def test_a_baseline_run_in_one_experiment_serves_the_others_and_verdicts_name_them():
+    """Yosinski's base (N = 0) runs once, in :AnB; :BnB's curves are compared with it too,
+    and a verdict says which experiment's transfer_n:1 it speaks of."""
+    rng = np.random.default_rng(0)
+    records = [_record("transfer_n:0", s, _bits(0.80, rng), experiment="AnB") for s in range(3)]
+    for experiment, acc in (("AnB", 0.90), ("BnB", 0.60)):
+        records += [_record("transfer_n:1", s, _bits(acc + 0.01 * s, rng), experiment=experiment)
+                    for s in range(3)]
+    for r in records:
+        r["sweep_hash"] = "cfg-" + r["experiment"]
+    rows = paired.compare(report.select(records), "transfer_n:1", "transfer_n:0")
+    assert sorted(row.a_experiment for row in rows) == ["AnB", "BnB"]
+    text = paired.section(rows, [])
+    assert "transfer_n:1 (AnB) ahead of transfer_n:0 (AnB)" in text
+    assert "transfer_n:0 (AnB) ahead of transfer_n:1 (BnB)" in text

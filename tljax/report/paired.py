@@ -51,6 +51,8 @@ class PairedRow:
     bootstrap_ci95: tuple  # paired bootstrap over examples; None without every seed's bits
     a_config: str = ""   # the selected points' sweep hashes (several configs tell apart)
     b_config: str = ""
+    a_experiment: str = ""  # the selected points' experiments (config names)
+    b_experiment: str = ""
 
     @property
     def n(self) -> int:
@@ -81,13 +83,22 @@ def _by_place(selections, name: str) -> dict:
 
 
 def _matches(a_sels: list, b_sels: list) -> list:
-    """Returns the ``(a selection, b selection)`` pairs of one dataset and shots: those of
-    one experiment when some share it (merged workdirs can hold several configs), else
-    every combination."""
-    every = [(x, y) for x in a_sels for y in b_sels]
-    same = [(x, y) for x, y in every
-            if x.records[0].get("experiment") == y.records[0].get("experiment")]
-    return same or every
+    """Returns the ``(a selection, b selection)`` pairs of one dataset and shots: each of
+    a's selections with b's of the same experiment where b has one (merged workdirs can
+    hold several configs), else with every b (a baseline run once, in one experiment,
+    serves the others: Yosinski's base in ``:AnB`` for ``:BnB``), and the same the other
+    way round for b's selections no a of theirs was paired with."""
+    def experiment(sel):
+        return sel.records[0].get("experiment")
+
+    pairs = []
+    for x in a_sels:
+        same = [y for y in b_sels if experiment(y) == experiment(x)]
+        pairs += [(x, y) for y in (same or b_sels)]
+    for y in b_sels:
+        if not any(experiment(x) == experiment(y) for x in a_sels):
+            pairs += [(x, y) for x in a_sels if (x, y) not in pairs]
+    return pairs
 
 
 def _splits(a_records: list, b_records: list) -> list:
@@ -157,7 +168,9 @@ def _row(a_sel, b_sel, split: str, seeds: list, resamples: int) -> PairedRow:
         ahead=sum(d > _TIE for d in diffs), behind=sum(d < -_TIE for d in diffs),
         ties=sum(abs(d) <= _TIE for d in diffs),
         bootstrap_ci95=paired_bootstrap_ci95(a_bits, b_bits, resamples) if complete else None,
-        a_config=a_sel.sweep_hash, b_config=b_sel.sweep_hash)
+        a_config=a_sel.sweep_hash, b_config=b_sel.sweep_hash,
+        a_experiment=str(a_sel.records[0].get("experiment") or ""),
+        b_experiment=str(b_sel.records[0].get("experiment") or ""))
 
 
 def compare(selections, a: str, b: str, resamples: int = RESAMPLES) -> list:
@@ -235,12 +248,26 @@ def _winner(row: PairedRow):
     return row.a if lo > 0 else row.b if hi < 0 else None
 
 
-def verdict(row: PairedRow, place: bool = False) -> str:
+def _ambiguous(rows: list) -> bool:
+    """Returns whether some method of ``rows`` ran under several experiments, so a verdict
+    must say which (``transfer_n:1 (BnB)``)."""
+    seen = {}
+    for row in rows:
+        for name, experiment in ((row.a, row.a_experiment), (row.b, row.b_experiment)):
+            seen.setdefault(name, set()).add(experiment)
+    return any(len(experiments) > 1 for experiments in seen.values())
+
+
+def verdict(row: PairedRow, place: bool = False, experiments: bool = False) -> str:
     """Returns one line on ``row``: ``A ahead of B on SPLIT: +x.xxx [lo, hi], k/n seeds``
     when the t interval of the mean difference excludes 0 (named the other way round when
     B is ahead), else that no difference is shown, or that the interval is undefined with
     fewer than two common seeds. ``place`` adds the dataset and shots (``on test of
-    digits@invert:5, 10-shot``), for a report over several."""
+    digits@invert:5, 10-shot``), for a report over several; ``experiments`` names each
+    method's experiment, for methods that ran under several."""
+    if experiments:
+        row = dataclasses.replace(row, a=f"{row.a} ({row.a_experiment})",
+                                  b=f"{row.b} ({row.b_experiment})")
     where = f"on {row.split}"
     if place:
         shots = f", {shots_text(row.shots)}-shot" if row.shots else ""
@@ -283,7 +310,8 @@ def table(rows: list) -> str:
         spread = "n/a" if not stats.is_finite(row.std) else f"{row.std:.3f}"
         ahead = f"{row.ahead}/{row.n}" + (f" ({row.ties} tied)" if row.ties else "")
         cells = [row.a, row.b, row.dataset, shots_text(row.shots)]
-        cells += [f"{row.a_config} / {row.b_config}"] if several else []
+        cells += [f"{row.a_experiment} {row.a_config} / {row.b_experiment} {row.b_config}"
+                  ] if several else []
         cells += [row.split, ", ".join(map(str, row.seeds)) or "-",
                   f"{_signed(row.mean)} ± {spread}", _interval(row.ci95),
                   _interval(row.bootstrap_ci95), ahead, _short_verdict(row)]
@@ -312,7 +340,8 @@ def section(rows: list, notes: list) -> str:
     parts = []
     if rows:
         several = len({(row.dataset, row.shots) for row in rows}) > 1
-        parts += [table(rows), "\n".join(f"- {verdict(row, several)}" for row in rows)]
+        named = _ambiguous(rows)
+        parts += [table(rows), "\n".join(f"- {verdict(row, several, named)}" for row in rows)]
     if notes:
         parts.append("\n".join(f"- {note}" for note in notes))
     return "\n\n".join(parts)
