@@ -22,7 +22,7 @@ covers both ends; the fifth was added after BitFit's pick sat at 1e-2, the end o
 earlier four-point grid); select_seeds=1 (the cost: grid + 2 runs per strategy, not grid x 3; the price
 is a choice made on one seed's 89 validation images).
 
-Run: tljax run experiments/lp_vs_ft.py --workdir runs/lp_vs_ft   (7-8 minutes cold, 2 cores)
+Run: tljax run experiments/lp_vs_ft.py --workdir runs/lp_vs_ft   (about 6 minutes cold, 2 cores)
 """
 
 from tljax.config import transfer
