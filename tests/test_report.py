@@ -142,6 +142,7 @@ def test_a_tie_the_loss_did_not_break_is_not_said_to_be_broken_by_it():
     [chosen] = selection.select(equal)
     assert chosen.hparams == {"lr": 1e-2} and chosen.margin == 0.0  # grid order decided
     assert not chosen.tie_broken_by_loss
+    assert "0 (tie; grid order)" in tables.summary_table(tables.summary_rows([chosen]))
     [by_loss] = selection.select(equal, "loss")
     assert not by_loss.tie_broken_by_loss
 

@@ -256,10 +256,12 @@ def sweep_logistic(train, val, num_classes: int, grid=L2_GRID, max_iter: int = 1
     The grid runs from the strongest L2 down, each fit warm-started from the previous.
     """
     (xt, yt), (xv, yv) = train, val
+    # Converted once: every fit of the sweep reads the same float64 copies.
+    xt, xv = np.asarray(xt, np.float64), np.asarray(xv, np.float64)
     params, sweep, fits = None, [], {}
     for l2 in sorted(grid, reverse=True):
         params, iters, converged = fit_logistic(xt, yt, num_classes, l2, params, max_iter)
-        m = classification_metrics(np.asarray(xv, np.float64) @ params["kernel"] + params["bias"], yv)
+        m = classification_metrics(xv @ params["kernel"] + params["bias"], yv)
         sweep.append({"l2": l2, "val_accuracy": m["accuracy"], "val_loss": m["loss"],
                       "iterations": iters, "converged": converged})
         fits[l2] = params

@@ -4,7 +4,8 @@ A dataset spec is a TFDS name with an optional class subset and an optional corr
 ``digits``, ``digits:0-4``, ``cifar10:0,1,8``, ``digits:5-9@gaussian_noise:3``,
 ``digits@contrast:2``. A subset keeps the listed classes, relabelled 0..k-1 in the order
 given (``digits:0+2+4,1+3``: classes joined by ``+`` share one label, a superclass whose
-subpopulations a source and a target can split); a corruption (``tljax.data.corruptions``) applies to every split at a severity 1-5.
+subpopulations a source and a target can split); a corruption (``tljax.data.corruptions``)
+applies to every split at a severity 1-5.
 tljax's own builders (``digits``) are prepared on first use; TFDS catalog names read their
 prepared array_record data, and are downloaded and prepared (as array_record) when
 ``download`` is True. Text classification datasets (a ``.csv``/``.jsonl`` path,

@@ -2,8 +2,9 @@
 
 A group is one (config, strategy, dataset, shots, adaptation objective); its grid points
 are the distinct swept values (``hparams``). The selected point has the best mean
-validation metric over the seeds that every point of the group has finished, so running more seeds at the chosen point
-afterwards cannot change the choice. Test and shifted metrics are never read here.
+validation metric over the seeds that every point of the group has finished, so running
+more seeds at the chosen point afterwards cannot change the choice. Test and shifted
+metrics are never read here.
 """
 
 import dataclasses

@@ -52,6 +52,8 @@ def _margin_cell(row: dict) -> str:
             "- (no finite runner-up)"
     elif row.get("tie_broken_by_loss"):
         text = "0 (tie; lower val loss)"
+    elif row["select_margin"] == 0.0:
+        text = "0 (tie; grid order)"
     elif row.get("select_margin_examples") is not None:
         text = f"+{row['select_margin_examples']:.1f} ex"
     else:

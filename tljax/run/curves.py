@@ -9,8 +9,9 @@ learning rate of the step, before any per-block multiplier), and with domain ada
 (``log_every``); ``val/loss`` and ``val/accuracy`` where they were measured
 (``val_every``, and always at the last step); and ``final/<split>_accuracy``, the final
 model on each evaluated split (train, val, test, the shifted ones). A cached-feature
-probe has no steps: its points are at its solver's iteration count. The file format is TFRecord framing (length, masked CRC-32C) around ``Event``
-protocol buffers, encoded here field by field.
+probe has no steps: its points are at its solver's iteration count. The file format is
+TFRecord framing (length, masked CRC-32C) around ``Event`` protocol buffers, encoded here
+field by field.
 """
 
 import os
