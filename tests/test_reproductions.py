@@ -71,16 +71,23 @@ def test_dry_run_says_a_source_model_is_trained_first_not_random_init(capsys):
 
 def test_bitfit_dry_run_selects_a_point_per_training_size(capsys):
     """The BitFit miniature sweeps ``shots``: the sweep selects a learning rate per
-    training size, so the dry run counts the remaining seeds once per size."""
+    training size, so the dry run counts every grid point on all five seeds, and with
+    ``select_seeds=1`` counts the remaining seeds once per size."""
     path = os.path.join(ROOT, "experiments", "benzaken2022_bitfit_mini.py")
     code, out, _ = _dry([path], capsys)
     assert code == 0, out
     assert "weights all_minilm_l6_v2; dataset vader" in out
-    # linear_probe: 3 sizes on seed 0, then seeds 1 and 2 at each; bitfit and full_ft: 3
-    # learning rates x 3 sizes on seed 0, then the selected lr of each size on seeds 1, 2.
-    assert "grid: lr=[0.0001, 0.001, 0.01], shots=[8, 64, 512]; 9 points" in out
-    assert "grid: lr=[1e-05, 0.0001, 0.001], shots=[8, 64, 512]; 9 points" in out
-    assert "= 9 runs" in out and out.count("= 15 runs") == 2 and "runs in all: 39" in out
+    assert "select_seeds all" in out
+    assert "grid: lr=[0.0001, 0.001, 0.01, 0.1], shots=[8, 64]; 8 point(s) x 5 seed(s)" in out
+    assert "runs in all: 80" in out
+    code, out, _ = _dry([path, "--set", "select_seeds=1"], capsys)
+    assert code == 0, out
+    # linear_probe: 2 sizes on seed 0, then seeds 1-4 at each; bitfit: 4 learning rates x 2
+    # sizes on seed 0, then the selected lr of each size on seeds 1-4; full_ft: 3 x 2, same.
+    assert "grid: lr=[0.0001, 0.001, 0.01, 0.1], shots=[8, 64]; 8 points" in out
+    assert "grid: lr=[1e-05, 0.0001, 0.001], shots=[8, 64]; 6 points" in out
+    assert "= 10 runs" in out and "= 16 runs" in out and "= 14 runs" in out
+    assert "runs in all: 40" in out
     assert "needs: nothing more; ready to run here" in out
 
 
