@@ -98,5 +98,4 @@ def _build_target_vs_source(selections: list):
 
 def target_vs_source(selections: list, out_dir: str):
     """Writes ``target_vs_source.png``; returns its path, or None without a target."""
-    fig = _build_target_vs_source(selections)
-    return None if fig is None else _save(fig, out_dir, "target_vs_source.png")
+    return _save(_build_target_vs_source(selections), out_dir, "target_vs_source.png")

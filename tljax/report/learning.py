@@ -51,5 +51,5 @@ def _build_learning_curves(selections: list, several_configs: bool = False):
 
 def learning_curves(selections: list, out_dir: str, several_configs: bool = False):
     """Writes ``learning_curves.png``; returns its path, or None without data."""
-    fig = _build_learning_curves(selections, several_configs)
-    return None if fig is None else _save(fig, out_dir, "learning_curves.png")
+    return _save(_build_learning_curves(selections, several_configs), out_dir,
+                 "learning_curves.png")

@@ -131,15 +131,7 @@ def paired_bootstrap_ci95(a_correct, b_correct, resamples: int = RESAMPLES, seed
         return None
     # The mean over seeds of the accuracy difference is the mean over examples of this.
     per_example = np.mean(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=0)
-    n = per_example.size
-    rng = np.random.default_rng(seed)
-    chunk = max(1, 4_000_000 // n)  # resamples per batch: index arrays stay ~32 MB
-    means = []
-    for start in range(0, resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-        means.append(per_example[idx].mean(axis=1))
-    lo, hi = np.percentile(np.concatenate(means), [2.5, 97.5])
-    return float(lo), float(hi)
+    return stats.percentile_bootstrap95(per_example, resamples, seed)
 
 
 def _bits(record: dict, split: str):

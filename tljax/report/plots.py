@@ -6,7 +6,7 @@ the matplotlib ``Figure`` (``_build_val_vs_lr``: ``[(key, Figure)]``) without sa
 tests can inspect the artists.
 
 Accuracies are means over seeds drawn with the 95% Student-t interval of the mean
-(``ci95_half``; no bar for one seed), and the axis label says so. Legends sit right of
+(``stats.t_half95``; no bar for one seed), and the axis label says so. Legends sit right of
 their axes, never over the data; the series of one axes differ in marker and linestyle,
 each later one thinner with smaller open markers (``series_style``), so a series that
 coincides with an earlier one cannot hide it, and series that share x values are shifted a
@@ -18,7 +18,7 @@ import os
 
 from tljax.report.records import hparams_text
 from tljax.report.stats import is_finite as _finite
-from tljax.report.stats import t_ci95
+from tljax.report.stats import t_ci95, t_half95  # NaN half-width: matplotlib draws no bar
 from tljax.report.transfer import transfer_lines
 
 _MARKERS = "osD^vPX<>"
@@ -51,8 +51,11 @@ def _figure_grid(rows: int, cols: int) -> tuple:
     return fig, list(fig.subplots(rows, cols, squeeze=False).ravel())
 
 
-def _save(fig, out_dir: str, name: str) -> str:
-    """Writes ``fig`` as ``out_dir/name``; returns the path."""
+def _save(fig, out_dir: str, name: str):
+    """Writes ``fig`` as ``out_dir/name``; returns the path, or None for no figure (a
+    ``_build_*`` with nothing to draw)."""
+    if fig is None:
+        return None
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
     # tight: a legend outside the axes is never cut off, whatever the label lengths.
@@ -95,17 +98,6 @@ def dodge(i: int, k: int, log: bool):
     return lambda xs: [x + offset for x in xs]
 
 
-def ci95_half(std, n: int) -> float:
-    """Returns the half-width ``t_{0.975, n-1} * std / sqrt(n)`` of the 95% Student-t
-    interval of a mean of ``n`` values with sample std ``std``; NaN (matplotlib draws no
-    bar) when ``n < 2`` or ``std`` is not finite."""
-    from scipy import stats
-
-    if n < 2 or not _finite(std):
-        return math.nan
-    return float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
-
-
 def ci95_half_of(values) -> float:
     """Returns the half-width of the 95% Student-t interval of the mean of the finite
     ``values`` (``stats.t_ci95``); NaN for fewer than two."""
@@ -122,13 +114,13 @@ def _test_half(row: dict) -> float:
     ci = row.get("test_ci95")
     if ci is not None:  # t_ci95 over the per-seed values: the exact interval
         return (ci[1] - ci[0]) / 2
-    return ci95_half(row.get("test_std"), _n_seeds(row))
+    return t_half95(row.get("test_std"), _n_seeds(row))
 
 
 def _shifted_half(row: dict, split: str) -> float:
     """Returns the half-width of a row's 95% t interval on a shifted split: rows keep only
     the mean and std per split, so from ``shifted_std`` and the number of seeds."""
-    return ci95_half((row.get("shifted_std") or {}).get(split), _n_seeds(row))
+    return t_half95((row.get("shifted_std") or {}).get(split), _n_seeds(row))
 
 
 def over_seeds(ns) -> str:
@@ -189,8 +181,8 @@ def _build_accuracy_vs_trainable(rows: list, several_configs: bool = False):
 
 def accuracy_vs_trainable(rows: list, out_dir: str, several_configs: bool = False):
     """Writes ``accuracy_vs_trainable.png``; returns its path, or None without data."""
-    fig = _build_accuracy_vs_trainable(rows, several_configs)
-    return None if fig is None else _save(fig, out_dir, "accuracy_vs_trainable.png")
+    return _save(_build_accuracy_vs_trainable(rows, several_configs), out_dir,
+                 "accuracy_vs_trainable.png")
 
 
 def _build_shifted_accuracy(rows: list, several_configs: bool = False):
@@ -224,8 +216,7 @@ def _build_shifted_accuracy(rows: list, several_configs: bool = False):
 
 def shifted_accuracy(rows: list, out_dir: str, several_configs: bool = False):
     """Writes ``shifted_accuracy.png``; returns its path, or None without a shifted split."""
-    fig = _build_shifted_accuracy(rows, several_configs)
-    return None if fig is None else _save(fig, out_dir, "shifted_accuracy.png")
+    return _save(_build_shifted_accuracy(rows, several_configs), out_dir, "shifted_accuracy.png")
 
 
 def _build_accuracy_vs_shots(rows: list, several_configs: bool = False):
@@ -260,8 +251,7 @@ def _build_accuracy_vs_shots(rows: list, several_configs: bool = False):
 
 def accuracy_vs_shots(rows: list, out_dir: str, several_configs: bool = False):
     """Writes ``accuracy_vs_shots.png``; returns its path, or None without a shots sweep."""
-    fig = _build_accuracy_vs_shots(rows, several_configs)
-    return None if fig is None else _save(fig, out_dir, "accuracy_vs_shots.png")
+    return _save(_build_accuracy_vs_shots(rows, several_configs), out_dir, "accuracy_vs_shots.png")
 
 
 def _lr_keys(selections: list) -> list:
@@ -370,8 +360,7 @@ def _build_transfer_curves(rows: list):
 
 def transfer_curves(rows: list, out_dir: str):
     """Writes ``transfer_curves.png``; returns its path, or None without transfer_n runs."""
-    fig = _build_transfer_curves(rows)
-    return None if fig is None else _save(fig, out_dir, "transfer_curves.png")
+    return _save(_build_transfer_curves(rows), out_dir, "transfer_curves.png")
 
 
 def write_all(rows: list, selections: list, out_dir: str, several_configs: bool = False) -> list:

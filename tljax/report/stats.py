@@ -42,16 +42,25 @@ def mean_std(values) -> tuple:
     return mean, std
 
 
+def t_half95(std, n: int) -> float:
+    """Returns the half-width ``t_{0.975, n-1} * std / sqrt(n)`` of the 95% Student-t
+    interval of a mean of ``n`` values with sample std ``std``; NaN when ``n < 2`` or
+    ``std`` is not finite."""
+    from scipy import stats
+
+    if n < 2 or not is_finite(std):
+        return math.nan
+    return float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
 def t_ci95(values):
     """Returns the 95% confidence interval ``(lo, hi)`` of the mean of the finite values
     (Student t, n-1 degrees of freedom), or None for fewer than two."""
-    from scipy import stats
-
     values = finite(values)
     if len(values) < 2:
         return None
     mean, std = mean_std(values)
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+    half = t_half95(std, len(values))
     return mean - half, mean + half
 
 
@@ -66,7 +75,14 @@ def bootstrap_ci95(correct_by_seed, resamples: int = 2000, seed: int = 0):
     rows = [np.asarray(c, dtype=bool) for c in correct_by_seed]
     if not rows or len({r.size for r in rows}) != 1 or rows[0].size == 0:
         return None
-    per_example = np.mean(rows, axis=0)  # accuracy over seeds is the mean of this
+    # Accuracy over seeds is the mean of this over examples.
+    return percentile_bootstrap95(np.mean(rows, axis=0), resamples, seed)
+
+
+def percentile_bootstrap95(per_example: np.ndarray, resamples: int, seed: int) -> tuple:
+    """Returns the 95% percentile-bootstrap interval ``(lo, hi)`` of the mean of
+    ``per_example`` (one value per example), resampling examples with a generator seeded
+    by ``seed``: the same interval on every call."""
     n = per_example.size
     rng = np.random.default_rng(seed)
     chunk = max(1, 4_000_000 // n)  # resamples per batch: index arrays stay ~32 MB

@@ -357,17 +357,19 @@ def notes(records: list, selections: list) -> list:
                    "validation criterion (mean over the compared seeds), in validation "
                    "examples (ex) for accuracy; a tie goes to the lower mean validation loss, "
                    "then to grid order. A lead of one or two examples is a coin toss.")
-    edges = [f"{sel.name} on {sel.dataset} (shots {shots_text(sel.shots)}): "
-             f"{', '.join(sel.edge + _probe_edges(sel.records))}" for sel in selections
-             if sel.edge or _probe_edges(sel.records)]
+    edges, unconverged = [], []
+    for sel in selections:
+        where = f"{sel.name} on {sel.dataset} (shots {shots_text(sel.shots)})"
+        keys = sel.edge + _probe_edges(sel.records)
+        if keys:
+            edges.append(f"{where}: {', '.join(keys)}")
+        seeds = [str(r["seed"]) for r in sel.records
+                 if (r.get("probe") or {}).get("converged") is False]
+        if seeds:
+            unconverged.append(f"{where}, seed(s) {', '.join(seeds)}")
     if edges:
         out.append("chosen at a grid end (the best value may lie beyond the grid): "
                    + "; ".join(edges) + ".")
-    unconverged = [f"{sel.name} on {sel.dataset} (shots {shots_text(sel.shots)}), seed(s) "
-                   + ", ".join(str(r["seed"]) for r in sel.records
-                               if (r.get("probe") or {}).get("converged") is False)
-                   for sel in selections
-                   if any((r.get("probe") or {}).get("converged") is False for r in sel.records)]
     if unconverged:
         out.append("probe stopped before converging at its chosen L2 (iteration cap or a "
                    "stalled line search): " + "; ".join(unconverged) + ".")
