@@ -1,14 +1,38 @@
 """From stored images to model input: channels, resize, normalise; and batch iterators."""
 
+import functools
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from tljax.errors import UserError
 
-_CHUNK = 512  # images resized per call: bounds host memory for large splits
+_DISPATCH = 256  # images resized in flight at once: bounds the device memory they hold
+
+
+@functools.lru_cache(maxsize=16)
+def _resizer(shape: tuple, size: int):
+    """Returns a jitted ``image (h, w, c) -> (size, size, c)``, bilinear with antialiasing,
+    for images of ``shape``.
+
+    One image per call, so every image is computed by the same program whatever batch it
+    came in: XLA:CPU picks a batched resize's kernels by the batch's size, and with them
+    its rounding, and a streamed split (preprocessed batch by batch) must give what the
+    same split in memory gives, bit for bit.
+    """
+    return jax.jit(lambda image: jax.image.resize(image, (size, size, shape[-1]), "bilinear"))
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+    """Returns float32 images ``x`` (n, h, w, c) resized to (n, size, size, c), each image
+    exactly as it is resized alone."""
+    one = _resizer(x.shape[1:], size)
+    out = np.empty((len(x), size, size, x.shape[-1]), np.float32)
+    for start in range(0, len(x), _DISPATCH):  # calls in flight at once: async dispatch
+        done = jax.device_get([one(image) for image in x[start:start + _DISPATCH]])
+        out[start:start + len(done)] = done
+    return out
 
 
 def preprocess(images: np.ndarray, prep) -> np.ndarray:
@@ -39,10 +63,7 @@ def preprocess(images: np.ndarray, prep) -> np.ndarray:
                         "valid: 1 -> 3, 3 -> 1 or equal")
     size = prep.image_size
     if x.shape[1:3] != (size, size):
-        x = np.concatenate([
-            np.asarray(jax.image.resize(jnp.asarray(x[i:i + _CHUNK]),
-                                        (len(x[i:i + _CHUNK]), size, size, want), "bilinear"))
-            for i in range(0, len(x), _CHUNK)])
+        x = resize(x, size)
     mean = np.asarray(prep.mean, np.float32)
     std = np.asarray(prep.std, np.float32)
     return (x - mean) / std
