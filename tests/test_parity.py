@@ -18,6 +18,16 @@ from tljax.models import zoo
 torch = pytest.importorskip("torch")
 
 
+def assert_features_match(ours, theirs, atol: float = 1e-4) -> None:
+    """Asserts ``max |ours - theirs| <= max(atol, 1e-5 * max |theirs|)``: float32 rounding
+    through a deep network grows with the features' magnitude (ResNet-50's pooled features
+    reach 65, where 1e-4 is 25 float32 ulps), and which kernels XLA and PyTorch run (and so
+    how they round) depends on the CPU."""
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    error, scale = np.abs(ours - theirs).max(), np.abs(theirs).max()
+    assert error <= max(atol, 1e-5 * scale), (error, scale)
+
+
 def _photos(size=224):
     """scikit-learn's two real photographs, resized (shorter side 256) and centre-cropped."""
     from PIL import Image
@@ -72,7 +82,7 @@ def test_minilm_matches_reference_hidden_states_and_ranks_paraphrases():
                      attention_mask=torch.from_numpy(mask).long(),
                      token_type_ids=torch.from_numpy(types).long()).last_hidden_state.numpy()
     assert ours.shape == (4, 24, 384)
-    assert np.abs(ours - theirs).max() <= 1e-4
+    assert_features_match(ours, theirs)
 
     pooled = (ours * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
     pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
@@ -130,7 +140,7 @@ def test_resnet_matches_hugging_face_resnet_model(tmp_path, layer_type, depths, 
     ours = np.asarray(model.module.apply(variables, x, method="features"))
     with torch.no_grad():
         theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).pooler_output
-    assert np.abs(ours - theirs.numpy().reshape(2, -1)).max() <= 1e-4
+    assert_features_match(ours, theirs.numpy().reshape(2, -1))
 
 
 def _torchvision_resnet18():
@@ -192,7 +202,7 @@ def test_torchvision_resnet18_layout_matches(tmp_path):
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
     with torch.no_grad():
         theirs = ref(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-    assert np.abs(np.asarray(model.module.apply(variables, x)) - theirs).max() <= 1e-4
+    assert_features_match(np.asarray(model.module.apply(variables, x)), theirs)
 
 
 def test_vit_matches_hugging_face_vit_model(tmp_path):
@@ -215,7 +225,7 @@ def test_vit_matches_hugging_face_vit_model(tmp_path):
     ours = np.asarray(model.module.apply(variables, x, method="features"))
     with torch.no_grad():
         theirs = ref(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
-    assert np.abs(ours - theirs.last_hidden_state[:, 0].numpy()).max() <= 1e-4
+    assert_features_match(ours, theirs.last_hidden_state[:, 0].numpy())
 
 
 def _torchvision_vgg16():
@@ -284,7 +294,7 @@ def test_vgg16_from_torchvision_and_keras_names_matches_reference(tmp_path):
     for source in ("vgg16.pth", "vgg16.h5"):
         variables = weights.load(str(tmp_path / source), empty, model.torch_names, keep_head=True)
         ours = np.asarray(model.module.apply(variables, x))
-        assert np.abs(ours - theirs).max() <= 1e-4, source
+        assert_features_match(ours, theirs)
 
 
 def test_bert_base_cls_pooling_matches_hugging_face_pooler(tmp_path):
@@ -313,4 +323,4 @@ def test_bert_base_cls_pooling_matches_hugging_face_pooler(tmp_path):
     with torch.no_grad():
         theirs = ref(input_ids=torch.from_numpy(tokens[:, 0]).long(),
                      attention_mask=torch.from_numpy(tokens[:, 1]).long()).pooler_output.numpy()
-    assert np.abs(ours - theirs).max() <= 1e-4
+    assert_features_match(ours, theirs)
