@@ -145,12 +145,16 @@ def make_eval_loss(module) -> Callable:
     checkpoint holds. ``fit`` calls it on the last batch before saving: params can be
     finite and still overflow the logits (a 1e37 head), which no check of the params sees.
     """
-    def loss(state, images, labels):
-        logits = module.apply(_variables(state.params, state.batch_stats), images, train=False)
+    @jax.jit
+    def variables_loss(params, batch_stats, images, labels):
+        logits = module.apply(_variables(params, batch_stats), images, train=False)
         return optax.softmax_cross_entropy_with_integer_labels(
             logits.astype(jnp.float32), labels).mean()
 
-    return jax.jit(loss)
+    # Compiled for the model's variables, not the whole state: strategies whose optimizer
+    # states differ share it.
+    return lambda state, images, labels: variables_loss(state.params, state.batch_stats,
+                                                        images, labels)
 
 
 def _macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:

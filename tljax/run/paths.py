@@ -12,7 +12,7 @@ import time
 import jax
 import numpy as np
 
-from tljax import adapt_train, checkpoint, data, optim, parallel, probe, train
+from tljax import adapt_train, checkpoint, compiled, data, optim, parallel, probe, train
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jax.numpy.bfloat16}
 DISCRIMINATOR_WIDTH = 100  # Ganin & Lempitsky's domain classifier for MNIST: x -> 100 -> 1
@@ -119,23 +119,37 @@ def _predict_on(module, mesh):
         lambda variables, batch: module.apply(variables, batch, train=False), mesh)
 
 
-def _route(cfg, model, rules, tx, frozen) -> _Route:
+def _step_key(kind: str, run: "Run", rules, *rest) -> tuple:
+    """Returns the key under which ``compiled.reuse`` shares a step of ``kind`` between
+    runs: everything the step closes over (the model, the rules, the optimizer's structure,
+    frozen blocks, dtype, accumulation, devices and ``rest``), the learning rate excepted."""
+    cfg = run.cfg
+    return (kind, run.model.module, compiled.rules_key(rules), compiled.optimizer_key(
+        run.run_cfg), tuple(run.frozen), cfg.compute_dtype, cfg.accum_steps, cfg.parallel,
+        jax.device_count(), *rest)
+
+
+def _route(run: "Run", rules, tx) -> _Route:
     """Returns the ``_Route`` of ``cfg.parallel``: the mesh (any number of processes;
     train-state checkpoints hold the placed, possibly FSDP-split, arrays, each process
-    writing its own shards) or pmap (one process; checkpoints hold one device's copy)."""
+    writing its own shards) or pmap (one process; checkpoints hold one device's copy).
+    Its step is shared with every earlier run of the same structure (``compiled``)."""
+    cfg, model, frozen = run.cfg, run.model, run.frozen
     n = jax.device_count()
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-    loss = train.make_eval_loss(model.module)
+    loss = compiled.reuse(("eval_loss", model.module),
+                          lambda: train.make_eval_loss(model.module))
     if cfg.parallel == "pmap":
-        pstep = parallel.pmap_step(train.make_step(
-            model.module, rules, tx, frozen, dtype, cfg.accum_steps, axis_name="data",
-            jit=False), n)
+        pstep = compiled.reuse(_step_key("pmap_step", run, rules), lambda: parallel.pmap_step(
+            train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps,
+                            axis_name="data", jit=False), n))
 
         def step(st, x, y):
             st, metrics = pstep(st, *parallel.split_batch(n, x, y))
             return st, jax.tree.map(lambda m: m[0], metrics)
 
-        predict = train.make_predict(model.module)
+        predict = compiled.reuse(("predict", model.module),
+                                 lambda: train.make_predict(model.module))
         host = lambda st: jax.device_get(parallel.unreplicate(st))  # noqa: E731
 
         def predict_all(st, xs, b):
@@ -148,12 +162,13 @@ def _route(cfg, model, rules, tx, frozen) -> _Route:
             lambda x, y, b, seed, skip: data.batches(x, y, b, seed, skip=skip), host,
             predict_all, lambda st, x, y: loss(parallel.unreplicate(st), x, y))
     mesh = parallel.make_mesh(n)
-    jstep = train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps)
+    jstep = compiled.reuse(_step_key("step", run, rules), lambda: train.make_step(
+        model.module, rules, tx, frozen, dtype, cfg.accum_steps))
     if parallel.one_step_at_a_time():  # CPU devices of several processes: see there
-        compiled = jstep
+        one_step = jstep
 
         def jstep(st, x, y):
-            return jax.block_until_ready(compiled(st, x, y))
+            return jax.block_until_ready(one_step(st, x, y))
     same = lambda st: st  # noqa: E731
     return _Route(
         jstep, lambda st: parallel.place_state(mesh, st, cfg.fsdp_regex), same,
@@ -176,7 +191,7 @@ def fit_network(run: Run) -> None:
     checkpoint kept) when the loss or params become non-finite. Every process of a
     multi-process run calls it; each loads only its rows of every batch."""
     tx = optim.make(run.run_cfg, run.rules)
-    _train(run, _route(run.cfg, run.model, run.rules, tx, run.frozen), tx, run.variables)
+    _train(run, _route(run, run.rules, tx), tx, run.variables)
 
 
 def fit_adapt(run: Run) -> None:
@@ -192,15 +207,17 @@ def fit_adapt(run: Run) -> None:
     variables, rules = adapt_train.with_discriminator(run.variables, run.rules, dim,
                                                       DISCRIMINATOR_WIDTH, run.seed)
     tx = optim.make(run.run_cfg, rules)
-    route = _route(cfg, model, rules, tx, run.frozen)
-    step = adapt_train.make_step(model.module, rules, tx, cfg.adapt, cfg.adapt_weight,
-                                 run.run_cfg.steps, run.frozen, COMPUTE_DTYPES[cfg.compute_dtype],
-                                 DISCRIMINATOR_WIDTH)
+    route = _route(run, rules, tx)
+    step = compiled.reuse(
+        _step_key("adapt_step", run, rules, cfg.adapt, cfg.adapt_weight, DISCRIMINATOR_WIDTH),
+        lambda: adapt_train.make_step(model.module, rules, tx, cfg.adapt, cfg.adapt_weight,
+                                      run.run_cfg.steps, run.frozen,
+                                      COMPUTE_DTYPES[cfg.compute_dtype], DISCRIMINATOR_WIDTH))
     if parallel.one_step_at_a_time():  # CPU devices of several processes: see there
-        compiled = step
+        one_step = step
 
         def step(st, images, labels):
-            return jax.block_until_ready(compiled(st, images, labels))
+            return jax.block_until_ready(one_step(st, images, labels))
     xt = run.inputs.target_train
     source_batches, source_loss = route.batches, route.post_update_loss
 

@@ -25,7 +25,7 @@ from tljax import parallel
 from tljax.report.records import hparams_key
 from tljax.run import plan as planning
 from tljax.run.execute import execute
-from tljax.run.records import append_record
+from tljax.run.records import append_record, host_cpu
 from tljax.run.resources import Resources
 
 
@@ -70,7 +70,7 @@ class _Sweep:
             start = time.time()
             record = execute(spec, self.resources, self.workdir, self.log)
             record.update(time=time.strftime("%Y-%m-%dT%H:%M:%S"), tljax=tljax.__version__,
-                          jax=jax.__version__, host=platform.node(),
+                          jax=jax.__version__, host=platform.node(), cpu=host_cpu(),
                           processes=jax.process_count(),
                           wall_seconds=round(time.time() - start, 3))
         if jax.process_index() == 0:  # one writer in a multi-process run
