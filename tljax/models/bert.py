@@ -11,6 +11,7 @@ import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from tljax.errors import UserError
@@ -71,9 +72,9 @@ class SelfAttention(nn.Module):
             return y.reshape(y.shape[:2] + (heads, dim))
 
         q, k, v = split("query"), split("key"), split("value")
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(dim).astype(x.dtype) + mask_bias
-        weights = nn.softmax(scores, axis=-1)
-        return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape)
+        # JAX's fused attention (as in tljax.models.vit); the padding mask is the additive
+        # bias it was before, 0 on tokens and the dtype's lowest value on padding.
+        return jax.nn.dot_product_attention(q, k, v, bias=mask_bias).reshape(x.shape)
 
 
 class _DenseNorm(nn.Module):

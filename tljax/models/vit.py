@@ -9,6 +9,7 @@ import re
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -51,8 +52,10 @@ class Attention(nn.Module):
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.qkv_bias, name="qkv")(x)
         qkv = qkv.reshape(x.shape[:2] + (3, heads, dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        weights = nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dim), axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(x.shape)
+        # JAX's fused attention: cuDNN's flash attention on a GPU where dtype and shapes
+        # allow (no (heads, tokens, tokens) matrix kept for the backward pass), XLA's
+        # einsum-softmax-einsum elsewhere; softmax(q k^T / sqrt(dim)) v either way.
+        out = jax.nn.dot_product_attention(q, k, v).reshape(x.shape)
         return nn.Dense(c.hidden_size, name="proj")(out)
 
 
