@@ -97,6 +97,8 @@ BAD = [
     (["run", MAIN, "--set", "bn_mode=train"], "unknown bn_mode 'train'; known: per_block, eval"),
     (["run", MAIN, "--set", "probe_solver=newton"], "unknown probe_solver 'newton'; known: lbfgs"),
     (["run", MAIN, "--set", "parallel=tpu"], "unknown parallel mode 'tpu'; known: mesh, pmap"),
+    (["run", MAIN, "--set", "matmul_precision=fp16"],
+     "unknown matmul_precision 'fp16'; known: highest, tf32, default"),
     (["run", MAIN, "--set", "weights=efficientnet_lite0", "model=resnet18"],
      "weights 'efficientnet_lite0' are for model 'efficientnet_lite0', not 'resnet18'"),
     (["run", MAIN, "--set", "model=vit_ti16", "weights=", "image_size=40"],

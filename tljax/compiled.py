@@ -12,18 +12,26 @@ Sharing is safe only when the key names everything the built function closes ove
 each caller's key says what that is (``tljax.run.paths``).
 """
 
+import collections
 from typing import Callable, Hashable
 
 from flax import traverse_util
 
-_BUILT: dict = {}
+# The most structures kept at once: a process that runs many configs (a test session)
+# drops the least recently used, and its compiled programs with it.
+MAX_KEPT = 32
+_BUILT: collections.OrderedDict = collections.OrderedDict()
 
 
 def reuse(key: Hashable, build: Callable[[], Callable]) -> Callable:
     """Returns ``build()`` the first time ``key`` is seen in this process, and that same
-    function every time after."""
-    if key not in _BUILT:
+    function every time after (while it is among the ``MAX_KEPT`` most recently used)."""
+    if key in _BUILT:
+        _BUILT.move_to_end(key)
+    else:
         _BUILT[key] = build()
+        if len(_BUILT) > MAX_KEPT:
+            _BUILT.popitem(last=False)
     return _BUILT[key]
 
 

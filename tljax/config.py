@@ -96,6 +96,9 @@ def transfer(**overrides) -> ml_collections.ConfigDict:
     c.parallel = "mesh"
     c.fsdp_regex = ""
     c.compute_dtype = "float32"
+    # float32 matmul and convolution precision in every jitted function of a run: highest
+    # is full float32 everywhere, so a GPU gives what a CPU gives to the parity tolerances.
+    c.matmul_precision = "highest"
     c.accum_steps = 1
     c.checkpoint_every = 100
     c.log_every = 50
@@ -331,6 +334,10 @@ KEY_HELP = {
     "parallel": "mesh (NamedSharding) | pmap",
     "fsdp_regex": "params whose path matches are sharded over devices ('' = none)",
     "compute_dtype": "float32 | bfloat16 (params and optimizer state stay float32)",
+    "matmul_precision": "highest | tf32 | default: float32 matmul/conv precision of every "
+                        "jitted function (highest: full float32, as on a CPU; tf32: "
+                        "TensorFloat-32 on NVIDIA GPUs, faster, ~1e-3 relative; default: "
+                        "the backend's own, TF32 on NVIDIA GPUs); no effect on a CPU",
     "accum_steps": "micro-batches per update (gradient accumulation)",
     "checkpoint_every": "steps between checkpoints",
     "log_every": "steps between log lines (and points of the training curves)",

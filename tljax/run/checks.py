@@ -16,9 +16,9 @@ from tljax import adapt, data, models, optim, parallel, probe, strategies
 from tljax.errors import UserError
 from tljax.models import zoo
 from tljax.run.inputs import Inputs
-from tljax.run.settings import (COMPUTE_DTYPES, FINAL_FITS, SELECT_METRICS, check_compare,
-                                check_published, strategy_config, strategy_rules,
-                                training_path)
+from tljax.run.settings import (COMPUTE_DTYPES, FINAL_FITS, MATMUL_PRECISIONS, SELECT_METRICS,
+                                check_compare, check_published, strategy_config,
+                                strategy_rules, training_path)
 from tljax.run.sources import create_model, model_name, resolve_weights
 
 
@@ -82,6 +82,9 @@ def validate(cfg, only=None, needs: list | None = None) -> models.Model:
     if cfg.compute_dtype not in COMPUTE_DTYPES:
         raise UserError(f"unknown compute_dtype {cfg.compute_dtype!r}; known: "
                         f"{', '.join(COMPUTE_DTYPES)}")
+    if cfg.matmul_precision not in MATMUL_PRECISIONS:
+        raise UserError(f"unknown matmul_precision {cfg.matmul_precision!r}; known: "
+                        f"{', '.join(MATMUL_PRECISIONS)}")
     if cfg.shots < 0:
         raise UserError(f"shots must be >= 0 (0 = the whole train split); got {cfg.shots}")
     for key in ("l2sp_alpha", "l2sp_beta", "select_seeds"):

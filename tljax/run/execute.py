@@ -16,7 +16,8 @@ from tljax.report.stats import encode_correct
 from tljax.run import curves, domain_gap, paths
 from tljax.run.plan import RunSpec
 from tljax.run.resources import Resources
-from tljax.run.settings import compare_pairs, method_name, published_numbers, strategy_config
+from tljax.run.settings import (MATMUL_PRECISIONS, compare_pairs, method_name,
+                                published_numbers, strategy_config)
 
 # Training path -> its stages, called in order on one ``paths.Run``.
 STAGES = {"probe": (paths.fit_probe,), "network": (paths.fit_network,),
@@ -25,6 +26,13 @@ STAGES = {"probe": (paths.fit_probe,), "network": (paths.fit_network,),
 
 
 def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print) -> dict:
+    """Returns ``_execute``'s record of ``spec``, every jitted function of the run traced
+    (and so compiled) at the spec's ``matmul_precision``."""
+    with jax.default_matmul_precision(MATMUL_PRECISIONS[spec.cfg.matmul_precision]):
+        return _execute(spec, resources, workdir, log)
+
+
+def _execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print) -> dict:
     """Trains and evaluates ``spec``; returns its result record.
 
     The train state and the final checkpoint are named by the spec's ``run_hash``, so no
@@ -56,7 +64,8 @@ def execute(spec: RunSpec, resources: Resources, workdir: str | None, log=print)
         **published_numbers(cfg, method_name(strategy, cfg.adapt)), **compare_pairs(cfg),
         "frozen_blocks": list(frozen), "bn_mode": run_cfg.bn_mode,
         "optim": run_cfg.to_dict(), "devices": jax.device_count(), "parallel": cfg.parallel,
-        "compute_dtype": cfg.compute_dtype, "accum_steps": cfg.accum_steps,
+        "compute_dtype": cfg.compute_dtype, "matmul_precision": cfg.matmul_precision,
+        "accum_steps": cfg.accum_steps,
         "shifted": list(cfg.shifted) + (["target"] if cfg.target else []),
         "platform": jax.default_backend(),
     }

@@ -138,6 +138,9 @@ def run_settings(cfg_dict: dict, strategy: str, path: str, weights_digest: str) 
         # The float64 host solver replaced optax's float32 L-BFGS: its heads differ, so a
         # probe recorded by the old solver is not this run's result.
         settings["probe_lbfgs"] = "host-float64"
+    if settings.get("matmul_precision") in ("highest", None):
+        # Added later, and the default: full float32, what every run did on a CPU before.
+        settings.pop("matmul_precision", None)
     if settings.get("adapt") in ("none", None):  # no adaptation: its weight reads nothing
         settings.pop("adapt", None)
         settings.pop("adapt_weight", None)

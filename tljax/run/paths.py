@@ -59,7 +59,8 @@ def fit_probe(run: Run) -> None:
     for name, (xs, _) in inputs.splits.items():
         features[name], hit = probe.extract_features(
             model.module, run.variables, xs, cfg.eval_batch_size, cache,
-            key=f"{model.name}|{cfg.dataset}|{name}")
+            key=f"{model.name}|{cfg.dataset}|{name}" + (
+                "" if cfg.matmul_precision == "highest" else f"|{cfg.matmul_precision}"))
         hits.append(hit)
     extract_seconds = time.perf_counter() - start
     yt = inputs.splits["train"][1]

@@ -16,6 +16,8 @@ from tljax.run.identity import OPTIM_KEYS
 # the usual choice for fine-tuning with small batches.
 BN_MODES = ("per_block", "eval")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# matmul_precision -> jax.default_matmul_precision's value (None: the backend's default).
+MATMUL_PRECISIONS = {"highest": "highest", "tf32": "tensorfloat32", "default": None}
 PER_STRATEGY_KEYS = OPTIM_KEYS + ("bn_mode",)
 SELECT_METRICS = ("accuracy", "macro_f1", "loss")
 FINAL_FITS = ("", "train+val")  # the sweep's last phase: refit the selected point on train+val
