@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import numpy as np
 
 from tljax import cli, config, probe
 from tljax.run import identity
@@ -56,3 +57,19 @@ def test_a_run_traces_at_its_precision_and_records_it(tmp_path, monkeypatch):
     assert record["matmul_precision"] == "tf32"
     # Outside the run, the process's own setting is back.
     assert jax.config.jax_default_matmul_precision is None
+
+
+def test_features_cached_at_one_precision_are_not_read_at_another(tmp_path):
+    from tljax import models
+
+    model = models.create("cnn", 5)
+    variables = model.init(jax.random.key(0))
+    x = np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype(np.float32)
+    cache = str(tmp_path / "features")
+
+    def hit(precision):
+        with jax.default_matmul_precision(precision):
+            return probe.extract_features(model.module, variables, x, 8, cache, key="k")[1]
+
+    assert [hit("highest"), hit("highest")] == [False, True]
+    assert [hit("tensorfloat32"), hit("tensorfloat32"), hit("highest")] == [False, True, True]

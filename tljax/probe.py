@@ -124,8 +124,8 @@ def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: in
                      cache_dir: str | None = None, key: str = "") -> tuple:
     """Returns ``(features, cache_hit)`` for model inputs, cached on disk.
 
-    The cache key hashes ``key`` (model name, dataset, split), the backbone variables and
-    the model inputs themselves, so a change of weights, preprocessing or data makes a new
+    The cache key hashes ``key`` (model name, dataset, split), the backbone variables, the
+    matmul precision in effect and the model inputs themselves, so a change of weights, preprocessing or data makes a new
     entry; the same request from any run or process reads the file and runs no forward
     pass. ``cache_dir`` '' disables the cache. In a multi-process run the forward pass is
     split over every process's devices, process 0's cache decides and process 0 alone
@@ -136,9 +136,13 @@ def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: in
     # A streamed split (tljax.data.streaming) is named by its prepared files, rows,
     # corruption and preprocessing: hashing its pixels would read it all.
     content = inputs.cache_key() if hasattr(inputs, "cache_key") else fingerprint_arrays(inputs)
+    # The matmul precision the forward pass is traced at (a run's ``matmul_precision``):
+    # on a GPU another precision gives other features. Full float32 adds nothing, so the
+    # entries written before the setting existed keep their names.
+    precision = jax.config.jax_default_matmul_precision
     digest = hashlib.sha256(
-        f"{_FEATURE_VERSION}|{key}|{fingerprint_arrays(backbone)}|"
-        f"{content}".encode()).hexdigest()[:32]
+        f"{_FEATURE_VERSION}|{key}|{fingerprint_arrays(backbone)}|{content}".encode()
+        + (b"" if precision == "highest" else f"|{precision}".encode())).hexdigest()[:32]
     path = os.path.join(cache_dir, f"{digest}.npy") if cache_dir else ""
     if _cache_hit(path):
         return _read_cached(path), True

@@ -7,6 +7,7 @@ and the head's gradient). Frozen params are passed through untouched, so they st
 bit-identical; BatchNorm in frozen blocks runs on running statistics and never updates.
 """
 
+import functools
 import time
 from typing import Any, Callable, Iterator
 
@@ -134,16 +135,20 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
     return jax.jit(step, donate_argnums=0) if jit else step
 
 
+@functools.lru_cache(maxsize=16)
 def make_predict(module) -> Callable:
-    """Returns ``predict(variables, images) -> logits`` in inference mode, jit-compiled."""
+    """Returns ``predict(variables, images) -> logits`` in inference mode, jit-compiled;
+    the same function for the same module, so every run of one model shares its programs."""
     return jax.jit(lambda variables, images: module.apply(variables, images, train=False))
 
 
+@functools.lru_cache(maxsize=16)
 def make_eval_loss(module) -> Callable:
     """Returns ``loss(state, images, labels)``, jit-compiled: the mean cross-entropy of the
     ``TrainState``'s model in inference mode (running BatchNorm statistics), the model a
     checkpoint holds. ``fit`` calls it on the last batch before saving: params can be
     finite and still overflow the logits (a 1e37 head), which no check of the params sees.
+    The same function for the same module (as ``make_predict``).
     """
     @jax.jit
     def variables_loss(params, batch_stats, images, labels):

@@ -59,8 +59,7 @@ def fit_probe(run: Run) -> None:
     for name, (xs, _) in inputs.splits.items():
         features[name], hit = probe.extract_features(
             model.module, run.variables, xs, cfg.eval_batch_size, cache,
-            key=f"{model.name}|{cfg.dataset}|{name}" + (
-                "" if cfg.matmul_precision == "highest" else f"|{cfg.matmul_precision}"))
+            key=f"{model.name}|{cfg.dataset}|{name}")
         hits.append(hit)
     extract_seconds = time.perf_counter() - start
     yt = inputs.splits["train"][1]
@@ -138,8 +137,7 @@ def _route(run: "Run", rules, tx) -> _Route:
     cfg, model, frozen = run.cfg, run.model, run.frozen
     n = jax.device_count()
     dtype = COMPUTE_DTYPES[cfg.compute_dtype]
-    loss = compiled.reuse(("eval_loss", model.module),
-                          lambda: train.make_eval_loss(model.module))
+    loss = train.make_eval_loss(model.module)
     if cfg.parallel == "pmap":
         pstep = compiled.reuse(_step_key("pmap_step", run, rules), lambda: parallel.pmap_step(
             train.make_step(model.module, rules, tx, frozen, dtype, cfg.accum_steps,
@@ -149,8 +147,7 @@ def _route(run: "Run", rules, tx) -> _Route:
             st, metrics = pstep(st, *parallel.split_batch(n, x, y))
             return st, jax.tree.map(lambda m: m[0], metrics)
 
-        predict = compiled.reuse(("predict", model.module),
-                                 lambda: train.make_predict(model.module))
+        predict = train.make_predict(model.module)
         host = lambda st: jax.device_get(parallel.unreplicate(st))  # noqa: E731
 
         def predict_all(st, xs, b):
