@@ -1,5 +1,8 @@
 """Config overrides, strict weight loading and orbax checkpoints."""
 
+import os
+import shutil
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -66,3 +69,40 @@ def test_strict_load_names_every_missing_unexpected_and_misshaped_tensor():
 def test_missing_weights_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="weights not found"):
         weights.read(str(tmp_path / "nope"))
+
+
+def test_a_source_rewritten_in_place_is_read_again(tmp_path):
+    # load keeps recently read sources in memory (a sweep loads one source per run); a
+    # source whose files change under the same path must give the new tensors, an orbax
+    # directory and a single file alike.
+    target = models.create("cnn", 3).init(jax.random.key(2))
+    kernel = lambda v: v["params"]["backbone"]["stem"]["conv"]["kernel"]  # noqa: E731
+    directory = str(tmp_path / "src")
+    for seed in (1, 2):
+        source = models.create("cnn", 5).init(jax.random.key(seed))
+        if os.path.exists(directory):
+            shutil.rmtree(directory)
+        checkpoint.save_variables(directory, source)
+        np.testing.assert_array_equal(kernel(weights.load(directory, target)), kernel(source))
+    file = str(tmp_path / "src.npz")
+    for value in (1.0, 2.0):
+        tensors = {k: np.full(np.shape(v), value, np.float32)
+                   for k, v in weights.flatten_variables(target).items()}
+        np.savez(file, **tensors)
+        np.testing.assert_array_equal(kernel(weights.load(file, target)), value)
+
+
+def test_an_unchanged_source_is_read_once_and_shared_read_only(tmp_path, monkeypatch):
+    source = models.create("cnn", 5).init(jax.random.key(1))
+    path = checkpoint.save_variables(str(tmp_path / "src"), source)
+    target = models.create("cnn", 3).init(jax.random.key(2))
+    reads = []
+    real_read = weights.read
+    monkeypatch.setattr(weights, "read", lambda p: reads.append(p) or real_read(p))
+    first = weights.load(path, target)
+    second = weights.load(path, target)
+    assert reads == [path]
+    stem = first["params"]["backbone"]["stem"]["conv"]["kernel"]
+    np.testing.assert_array_equal(stem, second["params"]["backbone"]["stem"]["conv"]["kernel"])
+    with pytest.raises(ValueError, match="read-only"):
+        stem += 1  # a caller cannot change what the next run loads
