@@ -34,8 +34,8 @@ CLASSES = 4
 SIDE = 64
 
 
-def make_folder(root: str, n: int, seed: int = 0) -> None:
-    """Writes ``n`` PNG images (``SIDE`` px, RGB) into ``root/class_k/`` unless present.
+def make_folder(root: str, n: int, seed: int = 0, side: int = SIDE) -> None:
+    """Writes ``n`` PNG images (``side`` px, RGB) into ``root/class_k/`` unless present.
 
     Class k is a colour gradient at angle k * 45 degrees plus noise: separable, not trivial.
     """
@@ -45,7 +45,7 @@ def make_folder(root: str, n: int, seed: int = 0) -> None:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:SIDE, 0:SIDE] / SIDE
+    yy, xx = np.mgrid[0:side, 0:side] / side
     for k in range(CLASSES):
         os.makedirs(os.path.join(root, f"class_{k}"), exist_ok=True)
     for i in range(n):
@@ -53,7 +53,7 @@ def make_folder(root: str, n: int, seed: int = 0) -> None:
         angle = np.pi / 4 * k
         ramp = np.cos(angle) * xx + np.sin(angle) * yy
         colour = rng.random(3)
-        img = ramp[..., None] * colour + 0.35 * rng.random((SIDE, SIDE, 3))
+        img = ramp[..., None] * colour + 0.35 * rng.random((side, side, 3))
         img = np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
         Image.fromarray(img).save(os.path.join(root, f"class_{k}", f"{i:06d}.png"))
     open(done, "w").close()
