@@ -118,6 +118,26 @@ def test_torch_reference_takes_tljax_steps(strategy):
     np.testing.assert_allclose(theirs, ours, rtol=1e-4)
 
 
+def test_bench_dtype_bfloat16_computes_in_bfloat16_for_jax_and_torch(tmp_path, capsys):
+    # The same steps from the same weights and batch: in bfloat16 the loss moves off the
+    # float32 one by bfloat16's rounding, for tljax, the masked recipe and torch alike.
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / f"{dtype}.json"
+        argv = ["bench", "--models", "cnn", "--strategies", "full_ft", "--methods", "tljax",
+                "mask_only", "torch", "--image-size", "8", "--batch", "4", "--rounds", "2",
+                "--warmup", "1", "--dtype", dtype, "--json", str(out)]
+        assert cli.main(argv) == 0
+        result = json.loads(out.read_text())
+        assert result["machine"]["dtype"] == dtype and f", {dtype}, " in capsys.readouterr().out
+        for r in result["rows"]:
+            assert r["status"] == "ok" and r["dtype"] == dtype, r
+            losses[(r["method"], dtype)] = r["final_loss"]
+    for method in ("tljax", "mask_only", "torch"):
+        f32, bf16 = losses[(method, "float32")], losses[(method, "bfloat16")]
+        assert 0 < abs(bf16 - f32) < 0.05 * f32, (method, f32, bf16)
+
+
 def test_a_crashing_child_becomes_a_failed_row():
     spec = {"model": "cnn", "strategy": "linear_probe", "method": "mask_only", "batch": 2,
             "image_size": 3, "optimizer": OPTIMIZER}  # below cnn's 4 px: the child raises
@@ -133,6 +153,7 @@ def test_a_crashing_child_becomes_a_failed_row():
     ("--models", "resnet1", "unknown model 'resnet1'; known:"),
     ("--strategies", "bitfti", "unknown strategy 'bitfti'; known:"),
     ("--methods", "pytorch", "unknown method 'pytorch'; known: mask_clip, mask_only, tljax"),
+    ("--dtype", "fp16", "unknown dtype 'fp16'; known: bfloat16, float32"),
 ])
 def test_bench_bad_names_exit_2_with_one_line(option, value, message, tmp_path, capsys):
     out = tmp_path / "bench.json"

@@ -23,6 +23,9 @@ import numpy as np
 from tljax.errors import UserError, unknown
 
 METHODS = ("tljax", "mask_only", "mask_clip", "torch")
+# Compute types: float32, or bfloat16 compute with float32 params and optimizer state
+# (tljax's ``compute_dtype``; torch's ``autocast``).
+DTYPES = ("float32", "bfloat16")
 MODELS = ("cnn", "cnn6", "resnet18", "resnet50", "efficientnet_lite0", "vit_ti16",
           "bert_minilm_l6")
 STRATEGIES = ("linear_probe", "last_k:1", "bitfit", "norm_only", "llrd:0.65", "full_ft")
@@ -45,8 +48,8 @@ def optimizer_text(settings: dict | None = None) -> str:
             "(trainable) and no clipping")
 
 
-def check_names(models, strategies, methods) -> None:
-    """Raises ``UserError`` naming the first unknown model, strategy or method."""
+def check_names(models, strategies, methods, dtype: str = "float32") -> None:
+    """Raises ``UserError`` naming the first unknown model, strategy, method or dtype."""
     from tljax import strategies as strategies_lib
     from tljax.models import registry
 
@@ -60,6 +63,8 @@ def check_names(models, strategies, methods) -> None:
     for m in methods:
         if m not in METHODS:
             raise unknown("method", m, METHODS)
+    if dtype not in DTYPES:
+        raise unknown("dtype", dtype, DTYPES)
     if not (models and strategies and methods):
         raise UserError("bench needs at least one model, strategy and method")
 

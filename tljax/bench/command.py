@@ -6,6 +6,7 @@ import time
 
 from tljax.bench import (
     DEFAULT_MODELS,
+    DTYPES,
     METHODS,
     OPTIMIZER,
     STRATEGIES,
@@ -17,9 +18,11 @@ from tljax.errors import UserError
 # --quick: ResNet-18 at 64 px, batch 32, probe and full fine-tuning, every method; under
 # 4 minutes on 2 CPU cores.
 QUICK = {"models": ["resnet18"], "strategies": ["linear_probe", "full_ft"],
-         "methods": list(METHODS), "batch": 32, "image_size": 64, "rounds": 10, "warmup": 1}
+         "methods": list(METHODS), "batch": 32, "image_size": 64, "rounds": 10, "warmup": 1,
+         "dtype": "float32"}
 DEFAULTS = {"models": list(DEFAULT_MODELS), "strategies": list(STRATEGIES),
-            "methods": list(METHODS), "batch": 32, "image_size": 64, "rounds": 10, "warmup": 2}
+            "methods": list(METHODS), "batch": 32, "image_size": 64, "rounds": 10, "warmup": 2,
+            "dtype": "float32"}
 
 
 def add_arguments(parser) -> None:
@@ -39,6 +42,10 @@ def add_arguments(parser) -> None:
                         help=f"timed interleaved rounds (default: {d['rounds']})")
     parser.add_argument("--warmup", type=int,
                         help=f"untimed rounds first (default: {d['warmup']})")
+    parser.add_argument("--dtype", metavar="DTYPE",
+                        help=f"compute type of every method, of {', '.join(DTYPES)} (default: "
+                             "float32); bfloat16 keeps params and optimizer state float32 "
+                             "(tljax's compute_dtype, torch's autocast)")
     parser.add_argument("--json", metavar="OUT", help="write rows and machine as JSON here")
     parser.add_argument("--plot", metavar="PNG", help="write a plot of step time and memory")
     parser.add_argument("--quick", action="store_true",
@@ -56,7 +63,7 @@ def options(args) -> dict:
     Raises ``UserError`` for an unknown name or a non-positive size or count."""
     base = QUICK if args.quick else DEFAULTS
     opts = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in base.items()}
-    check_names(opts["models"], opts["strategies"], opts["methods"])
+    check_names(opts["models"], opts["strategies"], opts["methods"], opts["dtype"])
     for key, lo in (("batch", 1), ("image_size", 1), ("rounds", 1), ("warmup", 0)):
         if opts[key] < lo:
             raise UserError(f"--{key.replace('_', '-')} {opts[key]} is out of range; "
@@ -80,11 +87,13 @@ def main(args) -> int:
               flush=True)
 
     log(f"{', '.join(opts['models'])}: {len(opts['strategies'])} strategies x "
-        f"{len(opts['methods'])} methods, batch {opts['batch']}, {opts['image_size']} px")
+        f"{len(opts['methods'])} methods, batch {opts['batch']}, {opts['image_size']} px, "
+        f"{opts['dtype']}")
     rows, infos = runner.run(opts["models"], opts["strategies"], opts["methods"], opts["batch"],
                              opts["image_size"], opts["rounds"], opts["warmup"], OPTIMIZER,
-                             args.xla_flags, log)
+                             args.xla_flags, log, opts["dtype"])
     info = output.machine(infos, {"batch": opts["batch"], "image_size": opts["image_size"],
+                                  "dtype": opts["dtype"],
                                   "rounds": opts["rounds"], "warmup": opts["warmup"],
                                   "optimizer": optimizer_text()})
     print(output.markdown(rows, info))

@@ -88,18 +88,27 @@ def make_tx(method: str, rules, **settings) -> optax.GradientTransformation:
     raise ValueError(f"not a JAX method: {method!r}")
 
 
-def make_masked_step(module, tx: optax.GradientTransformation, frozen_blocks=()):
+def make_masked_step(module, tx: optax.GradientTransformation, frozen_blocks=(),
+                     compute_dtype=None):
     """Returns ``step(state, inputs, labels) -> (state, {"loss", "accuracy"})``, jitted:
-    gradients of every param, then ``tx`` (whose mask zeroes the frozen updates)."""
+    gradients of every param, then ``tx`` (whose mask zeroes the frozen updates).
+    ``compute_dtype`` casts params and float inputs for the pass, as ``train.make_step``."""
     frozen_blocks = tuple(frozen_blocks)
 
     def loss_fn(params, batch_stats, inputs, labels):
+        if compute_dtype is not None:
+            params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+            if jnp.issubdtype(inputs.dtype, jnp.floating):
+                inputs = inputs.astype(compute_dtype)
         variables = {"params": params, "batch_stats": batch_stats} if batch_stats else \
             {"params": params}
         logits, mutated = module.apply(variables, inputs, train=True,
                                        frozen_blocks=frozen_blocks, mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits, mutated.get("batch_stats", batch_stats))
+        new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
+                                 mutated.get("batch_stats", batch_stats), batch_stats)
+        return loss, (logits, new_stats)
 
     def step(state: train.TrainState, inputs, labels):
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -113,18 +122,20 @@ def make_masked_step(module, tx: optax.GradientTransformation, frozen_blocks=())
 
 
 def build(model: models.Model, strategy: str, method: str, variables: dict | None = None,
-          **settings) -> tuple:
+          dtype: str = "float32", **settings) -> tuple:
     """Returns ``(step, state, rules)`` of ``method`` for ``strategy`` on ``model``:
     ``step`` jitted (not yet compiled), ``state`` a fresh ``TrainState`` of ``variables``
-    (default: the model's init at key 0). ``settings`` override ``bench.OPTIMIZER``."""
+    (default: the model's init at key 0), computing in ``dtype`` (``bench.DTYPES``).
+    ``settings`` override ``bench.OPTIMIZER``."""
     if variables is None:
         variables = jax.tree.map(np.asarray, model.init(jax.random.key(0)))
     rules, frozen = strategy_rules(model, strategy, variables["params"])
     tx = make_tx(method, rules, **settings)
+    compute = None if dtype == "float32" else jnp.dtype(dtype)
     if method == "tljax":
-        step = train.make_step(model.module, rules, tx, frozen)
+        step = train.make_step(model.module, rules, tx, frozen, compute)
     else:
-        step = make_masked_step(model.module, tx, frozen)
+        step = make_masked_step(model.module, tx, frozen, compute)
     return step, train.init_state(variables, tx), rules
 
 

@@ -38,6 +38,7 @@ def machine(infos: list, settings: dict) -> dict:
         "device": jax_infos[0]["device"] if jax_infos else None,
         "xla_flags": jax_infos[0]["xla_flags"] if jax_infos else os.environ.get("XLA_FLAGS", ""),
         "torch_threads": torch_infos[0]["torch_threads"] if torch_infos else None,
+        "torch_backend": torch_infos[0]["backend"] if torch_infos else None,
         "mem_source": sorted({i["mem_source"] for i in infos if i.get("mem_source")}),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **settings,
@@ -62,9 +63,12 @@ def markdown(rows: list, info: dict) -> str:
     flags = info.get("xla_flags") or "(none)"
     lines = [
         (f"{info['cpu']}, {info['cores']} cores; jax {info['jax']}, jaxlib {info['jaxlib']}, "
-        f"torch {info['torch'] or '-'}; backend {info['backend']}; XLA_FLAGS={flags}; "
+        f"torch {info['torch'] or '-'}; backend {info['backend']}"
+        f"{'; torch ' + info['torch_backend'] if info.get('torch_backend') else ''}; "
+        f"XLA_FLAGS={flags}; "
         f"{info['date']}"),
         (f"batch {info['batch']}, image size {info['image_size']} px (text: token ids), "
+        f"{info.get('dtype', 'float32')}, "
         f"{info['rounds']} interleaved rounds after {info['warmup']} warm-up; "
         f"optimizer: {info['optimizer']}; peak memory: {', '.join(info['mem_source']) or '-'}"),
         "",

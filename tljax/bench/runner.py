@@ -100,7 +100,7 @@ def _torch_spec(model, strategy: str) -> dict:
 
 
 def plan(model_names, strategy_names, method_names, batch: int, image_size: int,
-         optimizer: dict) -> list:
+         optimizer: dict, dtype: str = "float32") -> list:
     """Returns one ``(key, spec or skip reason)`` per (model, strategy, method), models in
     order. Every name and size is checked here, before any child starts: raises
     ``UserError`` for a model that cannot take ``image_size`` or a bad strategy argument."""
@@ -120,7 +120,8 @@ def plan(model_names, strategy_names, method_names, batch: int, image_size: int,
             for method in method_names:
                 key = (name, strategy, method)
                 spec = {"model": name, "strategy": strategy, "method": method,
-                        "batch": batch, "image_size": size, "optimizer": optimizer}
+                        "batch": batch, "image_size": size, "optimizer": optimizer,
+                        "dtype": dtype}
                 if method == "torch" and not has_torch:
                     spec = "torch is not installed (pip install torch)"
                 elif method == "torch" and not torch_ref.has_reference(name):
@@ -139,18 +140,19 @@ def _row(key, spec, child=None, reason: str = "") -> dict:
     row = {"model": model, "strategy": strategy, "method": method,
            "batch": spec["batch"] if isinstance(spec, dict) else None,
            "image_size": spec["image_size"] if isinstance(spec, dict) else None,
+           "dtype": spec.get("dtype", "float32") if isinstance(spec, dict) else None,
            "status": "skipped" if not isinstance(spec, dict) else "ok",
            "reason": spec if not isinstance(spec, dict) else reason,
            "step_ms": None, "step_ms_min": None, "examples_per_s": None, "compile_s": None,
            "peak_mem_mb": None, "base_mem_mb": None, "mem_source": None,
            "trainable_params": None, "total_params": None, "flops": None,
-           "steps_timed": 0, "final_loss": None}
+           "steps_timed": 0, "final_loss": None, "backend": None}
     if child is None:
         return row
     info = child.info
     row.update({k: info.get(k) for k in ("compile_s", "flops", "trainable_params",
                                          "total_params", "peak_mem_mb", "base_mem_mb",
-                                         "mem_source")})
+                                         "mem_source", "backend")})
     if child.error:
         row.update(status="failed", reason=child.error)
     if child.times:
@@ -205,12 +207,13 @@ def run_model(entries: list, rounds: int, warmup: int, env: dict, log,
 
 def run(model_names, strategy_names, method_names, batch: int, image_size: int,
         rounds: int, warmup: int, optimizer: dict, xla_flags: str | None = None,
-        log=print) -> tuple:
+        log=print, dtype: str = "float32") -> tuple:
     """Returns ``(rows, infos)`` of the whole benchmark, one model after another.
 
     ``xla_flags`` (if not None) is every child's ``XLA_FLAGS``, set before it imports JAX.
     """
-    entries = plan(model_names, strategy_names, method_names, batch, image_size, optimizer)
+    entries = plan(model_names, strategy_names, method_names, batch, image_size, optimizer,
+                   dtype)
     env = dict(os.environ)
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags

@@ -157,15 +157,20 @@ def load_tljax(module, variables: dict) -> None:
 
 
 def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: np.ndarray,
-          optimizer: dict, num_classes: int, variables: dict | None = None):
+          optimizer: dict, num_classes: int, variables: dict | None = None,
+          device: str = "cpu", dtype: str = "float32"):
     """Returns ``(step, module)``: ``step()`` runs one SGD step of the reference of
-    ``model`` on the batch and returns the loss before the update.
+    ``model`` on the batch and returns the loss before the update (``.item()``: on a GPU
+    it waits for the step to finish).
 
     ``rules`` maps every tljax param path to its LR multiplier, ``None`` for frozen;
     ``frozen_bn`` lists the tljax module paths of BatchNorms in frozen blocks;
     ``optimizer`` holds ``lr``, ``momentum``, ``weight_decay`` and ``grad_clip`` (over the
     trainable params, decay on those of rank > 1, as ``tljax.optim`` does).
-    ``variables`` (tljax's), if given, are copied in first.
+    ``variables`` (tljax's), if given, are copied in first. ``device`` is where the
+    module and batch live ("cuda": convolutions in channels_last, as a tuned torch user
+    runs them); ``dtype`` "bfloat16" runs the forward under ``torch.autocast`` (params,
+    gradients and optimizer state stay float32, as tljax's ``compute_dtype``).
     """
     import torch
 
@@ -193,12 +198,23 @@ def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: 
         if isinstance(sub, torch.nn.BatchNorm2d) and \
                 "backbone/" + name.replace(".", "/") in frozen_bn:
             sub.eval()  # running statistics, never updated
-    x = torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)))
-    y = torch.from_numpy(labels.astype(np.int64))
+    x = torch.from_numpy(np.ascontiguousarray(inputs.transpose(0, 3, 1, 2)) if
+                         inputs.ndim == 4 else inputs)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
+    if device != "cpu" and x.ndim == 4:
+        module.to(device, memory_format=torch.channels_last)
+        x = x.to(device, memory_format=torch.channels_last)
+    else:
+        module.to(device)
+        x = x.to(device)
+    autocast = torch.autocast(device_type=device, dtype=torch.bfloat16,
+                              enabled=dtype == "bfloat16")
 
     def step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(module(x), y)
+        with autocast:
+            logits = module(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
         loss.backward()
         if optimizer["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(trainable, optimizer["grad_clip"])

@@ -62,7 +62,7 @@ class _Jax:
         model = methods.make_model(spec["model"], spec["image_size"])
         variables = methods.random_variables(model)
         step, state, rules = methods.build(model, spec["strategy"], spec["method"], variables,
-                                           **spec["optimizer"])
+                                           spec.get("dtype", "float32"), **spec["optimizer"])
         inputs, labels = methods.make_batch(model, spec["batch"])
         self.inputs, self.labels = jax.device_put(inputs), jax.device_put(labels)
         start = time.perf_counter()
@@ -96,12 +96,19 @@ class _Torch:
 
         from tljax.bench import random_batch, torch_ref
 
+        torch.manual_seed(0)  # the same initial weights in every child and every run
         inputs, labels = random_batch(tuple(spec["input_shape"]), spec["kind"],
                                       spec["num_classes"])
+        # The GPU where there is one, as a GPU user's torch runs; else the CPU.
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.torch = torch
         self.step, module = torch_ref.build(spec["model"], spec["rules"], spec["frozen_bn"],
                                             inputs, labels, spec["optimizer"],
-                                            spec["num_classes"])
-        self.info = {"compile_s": 0.0, "flops": None, "backend": "torch eager cpu",
+                                            spec["num_classes"], device=self.device,
+                                            dtype=spec.get("dtype", "float32"))
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.info = {"compile_s": 0.0, "flops": None, "backend": f"torch eager {self.device}",
                      "trainable_params": sum(p.numel() for p in module.parameters()
                                              if p.requires_grad),
                      "total_params": sum(p.numel() for p in module.parameters()),
@@ -112,7 +119,10 @@ class _Torch:
         loss = self.step()
         return time.perf_counter() - start, loss
 
-    def peak(self) -> None:
+    def peak(self) -> tuple | None:
+        if self.device == "cuda":
+            return (self.torch.cuda.max_memory_allocated() / 2 ** 20,
+                    "torch.cuda.max_memory_allocated")
         return None
 
 
