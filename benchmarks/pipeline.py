@@ -12,8 +12,8 @@ and, on one batch in the main thread, each stage alone (read, corrupt, resize + 
 Beside it, in a child process afterwards (so the two never share the cores), ``tljax bench``
 times the tljax training step of ``--models`` (default resnet50) for ``linear_probe``
 (through the frozen network) and ``full_ft`` at the same batch and size: the images/s the
-pipeline must reach for the step never to wait. On a GPU run it with ``--dtype``-free
-defaults; the step rows then are the accelerator's.
+pipeline must reach for the step never to wait. On a GPU host the step rows are the GPU's
+(``benchmarks/gpu_check.py`` runs the pipeline there beside ``tljax bench``'s bfloat16 rows).
 
     python benchmarks/pipeline.py                        # about 4 min on 2 CPU cores
     python benchmarks/pipeline.py --images 512 --skip-step
