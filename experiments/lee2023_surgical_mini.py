@@ -28,7 +28,8 @@ frozen:
 - 10 training images per class (per label for ``:feature``), 100 steps, batch 20, Adam, no
   warm-up. LR grid [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1] (first [1e-3, 3e-2]:
   seven of its sixteen picks sat at an end of it, at both ends; then [3e-4 .. 1e-1]: three
-  of sixteen at an end, at both ends), every point on all five seeds,
+  of sixteen at an end, at both ends; ``:feature`` goes on to 1, its middle and full_ft
+  picks having sat at 3e-1), every point on all five seeds,
   selected on mean validation accuracy over them (the dataset's fixed 10% validation
   split; a few-shot target keeps a few-shot-sized validation set rather than borrow
   hundreds of unused training images, which a true few-shot user would not have).
@@ -79,5 +80,6 @@ def get_config(shift="input_output"):
     c.warmup_steps = 0
     # [1e-3, 3e-2] first, then [3e-4, 1e-1]: picks sat at both ends of each.
     lrs = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1]
-    c.sweep = {"lr": lrs} if feature else {"dataset": TARGETS, "lr": lrs}
+    # :feature's middle and full_ft picked 3e-1, the end of the grid above: it goes on to 1.
+    c.sweep = {"lr": lrs + [1.0]} if feature else {"dataset": TARGETS, "lr": lrs}
     return c
