@@ -94,21 +94,25 @@ def test_mask_clip_keeps_frozen_params_and_clips_over_them():
     assert moved(clipped) < 0.99 * moved(ours)
 
 
-@pytest.mark.parametrize("strategy", ["last_k:1", "full_ft"])
-def test_torch_reference_takes_tljax_steps(strategy):
-    # The same cnn, weights, batch, strategy and SGD (clipping, decay, momentum): the same
-    # losses step after step, frozen BatchNorm on running statistics in both.
-    model = methods.make_model("cnn", 8)
+@pytest.mark.parametrize("name, size, strategy", [("cnn", 8, "last_k:1"), ("cnn", 8, "full_ft"),
+                                                 ("vit_ti16", 32, "last_k:1"),
+                                                 ("vit_ti16", 32, "full_ft")])
+def test_torch_reference_takes_tljax_steps(name, size, strategy):
+    # The same model, weights, batch, strategy and SGD (clipping, decay, momentum): the same
+    # losses step after step, frozen BatchNorm on running statistics in both (the cnn); the
+    # ViT's fused attention on both sides (jax.nn.dot_product_attention, torch's SDPA).
+    model = methods.make_model(name, size)
     variables = _variables(model)
     step, state, rules = methods.build(model, strategy, "tljax", variables)
     x, y = methods.make_batch(model, 8)
     flat = traverse_util.flatten_dict(rules, sep="/")
     stats = traverse_util.flatten_dict(
-        strategies.batch_stats_rules(rules, variables["batch_stats"], model.blocks), sep="/")
+        strategies.batch_stats_rules(rules, variables.get("batch_stats", {}), model.blocks),
+        sep="/")
     frozen_bn = sorted({p.rpartition("/")[0] for p, r in stats.items() if not r.trainable})
-    assert (strategy == "full_ft") == (not frozen_bn)
+    assert (strategy == "full_ft" or name == "vit_ti16") == (not frozen_bn)
     torch_step, _ = torch_ref.build(
-        "cnn", {p: r.lr_mult if r.trainable else None for p, r in flat.items()}, frozen_bn,
+        name, {p: r.lr_mult if r.trainable else None for p, r in flat.items()}, frozen_bn,
         x, y, OPTIMIZER, methods.NUM_CLASSES, variables=variables)
     ours = []
     for _ in range(3):
@@ -187,3 +191,14 @@ def test_torch_cnn_references_have_tljax_s_blocks_widths_and_pools():
     assert cnn.SmallCNN.widths == (32, 64, 128) and cnn.SmallCNN.pools == (False, True, True)
     assert torch_ref._CNNS["cnn6"] == (tuple(n for n, _ in cnn.DEEP_TABLE), cnn.DEEP_WIDTHS,
                                        cnn.DEEP_POOLS)
+
+
+def test_torch_vit_references_have_tljax_s_configs():
+    """torch_ref writes the ViT configs out (the torch child never imports JAX): they must
+    be tljax's, or a vit_b16 torch row would time another network."""
+    from tljax.models import vit
+
+    for name, cfg in (("vit_ti16", vit.VIT_TINY16), ("vit_b16", vit.VIT_B16)):
+        assert torch_ref._VITS[name] == (cfg.patch_size, cfg.hidden_size, cfg.depth,
+                                         cfg.num_heads, cfg.mlp_dim, cfg.layer_norm_eps)
+        assert cfg.hidden_act == "gelu" and cfg.qkv_bias  # the reference's exact GELU, qkv bias

@@ -1,10 +1,11 @@
 """PyTorch references for ``tljax bench``: the same architecture and strategy, eagerly.
 
 Written here from the architectures' published definitions (torchvision's ResNet module
-layout; tljax's small CNNs), not imported: torchvision is not a dependency. Module names
-mirror tljax's param paths (``layer1.0.conv1.weight`` is ``backbone/layer1/0/conv1/kernel``,
-``fc`` / ``head`` is ``head``), so one strategy's rules, computed by tljax, pick the frozen
-params here too. torch is imported only when a reference is built; tljax never needs it.
+layout; timm's ViT, with its fused ``scaled_dot_product_attention``; tljax's small CNNs),
+not imported: torchvision and timm are not dependencies. Module names mirror tljax's param
+paths (``layer1.0.conv1.weight`` is ``backbone/layer1/0/conv1/kernel``, ``fc`` / ``head``
+is ``head``, ``cls_token`` is ``backbone/cls_token``), so one strategy's rules, computed by
+tljax, pick the frozen params here too. torch is imported only when a reference is built; tljax never needs it.
 
 A frozen param gets ``requires_grad=False`` and no optimizer entry; a BatchNorm in a frozen
 block is put in ``eval()`` (running statistics, not updated), as tljax's step does.
@@ -17,7 +18,9 @@ import numpy as np
 _CNNS = {"cnn": (("stem", "block1", "block2"), (32, 64, 128), (False, True, True)),
          "cnn6": (tuple(f"block{i}" for i in range(1, 7)), (16, 32, 32, 64, 64, 128),
                   (False, True, False, True, False, False))}
-REFERENCES = ("cnn", "cnn6", "resnet18", "resnet34", "resnet50")
+# tljax.models.vit's configs (patch, width, depth, heads, MLP width, LayerNorm eps), likewise.
+_VITS = {"vit_ti16": (16, 192, 12, 3, 768, 1e-6), "vit_b16": (16, 768, 12, 12, 3072, 1e-6)}
+REFERENCES = ("cnn", "cnn6", "resnet18", "resnet34", "resnet50", "vit_ti16", "vit_b16")
 _HEADS = ("fc", "head")  # torchvision's classifier, tljax's CNNs'
 
 
@@ -110,13 +113,80 @@ def _modules(nn):
     return SmallCNN, ResNet, Basic, Bottleneck
 
 
-def create(model: str, channels: int, num_classes: int):
-    """Returns the PyTorch reference of tljax model ``model`` (a ``torch.nn.Module``)."""
+def _vit(nn, functional):
+    """Returns timm's ViT as a ``nn.Module`` class (pre-norm blocks, exact GELU, class token
+    after the final LayerNorm), attention through ``scaled_dot_product_attention``."""
+
+    class Attention(nn.Module):
+        def __init__(self, dim, heads):
+            super().__init__()
+            self.heads = heads
+            self.qkv = nn.Linear(dim, 3 * dim)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x):
+            b, n, d = x.shape
+            q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(
+                2, 0, 3, 1, 4)
+            out = functional.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+    class Mlp(nn.Module):
+        def __init__(self, dim, hidden):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+        def forward(self, x):
+            return self.fc2(functional.gelu(self.fc1(x)))
+
+    class Block(nn.Module):
+        def __init__(self, dim, heads, hidden, eps):
+            super().__init__()
+            self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+            self.attn, self.mlp = Attention(dim, heads), Mlp(dim, hidden)
+
+        def forward(self, x):
+            x = x + self.attn(self.norm1(x))
+            return x + self.mlp(self.norm2(x))
+
+    class ViT(nn.Module):
+        def __init__(self, patch, dim, depth, heads, hidden, eps, channels, image_size,
+                     num_classes):
+            super().__init__()
+            import torch
+
+            self.patch_embed = nn.Module()
+            self.patch_embed.proj = nn.Conv2d(channels, dim, patch, patch)
+            self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+            tokens = (image_size // patch) ** 2 + 1
+            self.pos_embed = nn.Parameter(0.02 * torch.randn(1, tokens, dim))
+            self.blocks = nn.ModuleList([Block(dim, heads, hidden, eps) for _ in range(depth)])
+            self.norm = nn.LayerNorm(dim, eps=eps)
+            self.head = nn.Linear(dim, num_classes)
+
+        def forward(self, x):
+            import torch
+
+            x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
+            for block in self.blocks:
+                x = block(x)
+            return self.head(self.norm(x)[:, 0])
+
+    return ViT
+
+
+def create(model: str, channels: int, num_classes: int, image_size: int | None = None):
+    """Returns the PyTorch reference of tljax model ``model`` (a ``torch.nn.Module``);
+    a ViT is built for ``image_size`` px."""
     from torch import nn
+    from torch.nn import functional
 
     SmallCNN, ResNet, Basic, Bottleneck = _modules(nn)
     if model in _CNNS:
         return SmallCNN(*_CNNS[model], channels, num_classes)
+    if model in _VITS:
+        return _vit(nn, functional)(*_VITS[model], channels, image_size, num_classes)
     depths = {"resnet18": (Basic, (2, 2, 2, 2)), "resnet34": (Basic, (3, 4, 6, 3)),
               "resnet50": (Bottleneck, (3, 4, 6, 3))}
     block, depth = depths[model]
@@ -127,7 +197,10 @@ def tljax_path(torch_name: str, ndim: int) -> str:
     """Returns tljax's param path of a torch parameter (``layer1.0.bn1.weight`` ->
     ``backbone/layer1/0/bn1/scale``)."""
     module, _, leaf = torch_name.rpartition(".")
-    top = "head" if module in _HEADS else "backbone/" + module.replace(".", "/")
+    if module in _HEADS:
+        top = "head"
+    else:  # a param of the model itself (a ViT's cls_token) is under no module
+        top = "/".join(["backbone", *module.split(".")]) if module else "backbone"
     if leaf == "weight":
         leaf = "kernel" if ndim > 1 else "scale"
     return f"{top}/{leaf}"
@@ -174,7 +247,7 @@ def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: 
     """
     import torch
 
-    module = create(model, inputs.shape[-1], num_classes)
+    module = create(model, inputs.shape[-1], num_classes, inputs.shape[1])
     if variables is not None:
         with torch.no_grad():
             load_tljax(module, variables)
