@@ -73,3 +73,29 @@ def test_features_cached_at_one_precision_are_not_read_at_another(tmp_path):
 
     assert [hit("highest"), hit("highest")] == [False, True]
     assert [hit("tensorfloat32"), hit("tensorfloat32"), hit("highest")] == [False, True, True]
+
+
+def test_the_source_model_trains_at_the_run_s_precision_and_is_keyed_by_it(tmp_path,
+                                                                             monkeypatch):
+    # A self-pretrained source is part of the run: it trains at the run's precision, and a
+    # source trained at tf32 is never reused by a run at highest (nor the other way).
+    from tljax import train
+    from tljax.run import source_model
+
+    cfg = config.transfer(model="cnn", dataset="digits:5-9")
+    cfg.pretrain.dataset, cfg.pretrain.steps = "digits:0-4", 2
+    cfg.matmul_precision = "tf32"
+    seen = []
+    fit = train.fit
+
+    def spy(*args, **kwargs):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", spy)
+    path = source_model.source_model(cfg, str(tmp_path), log=lambda message: None)
+    assert seen == ["tensorfloat32"] and os.path.isdir(path)
+    assert jax.config.jax_default_matmul_precision is None
+    highest = config.transfer(model="cnn", dataset="digits:5-9")
+    highest.pretrain.dataset, highest.pretrain.steps = "digits:0-4", 2
+    assert source_model.source_key(highest) != os.path.basename(path)

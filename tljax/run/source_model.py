@@ -18,6 +18,7 @@ import numpy as np
 from tljax import checkpoint, data, locks, models, optim, parallel, strategies, train
 from tljax.errors import UserError
 from tljax.run import identity
+from tljax.run.settings import MATMUL_PRECISIONS
 from tljax.run.identity import OPTIM_KEYS
 
 # L2-SP pulls toward pretrained values; a source trained from random init has none.
@@ -36,6 +37,8 @@ def source_key(cfg) -> str:
     settings = {"model": name, "image_size": cfg.image_size, "channels": cfg.channels,
                 "pretrain": {k: v for k, v in p.to_dict().items() if k != "mix" or v},
                 **{k: cfg[k] for k in _SOURCE_OPTIM_KEYS}}
+    if cfg.matmul_precision != "highest":  # highest keeps the key sources had before it
+        settings["matmul_precision"] = cfg.matmul_precision
     contents = identity.folder_contents([p.dataset, *p.mix], cfg.data_dir)
     if contents:  # a catalog dataset is named by its spec; a folder by what it holds
         settings.update(folder_contents=contents, folder_image_size=cfg.folder_image_size)
@@ -110,14 +113,17 @@ def _train_source(cfg, path: str, log) -> None:
     run_cfg.update(steps=p.steps, lr=p.lr, batch_size=p.batch_size)
     tx = optim.make(run_cfg, rules)
     step = train.make_step(model.module, rules, tx)
+    xt = data.preprocess(ds.splits["test"].images, model.preprocessing)
+    # Trained and scored at the run's precision, as every run is (run.execute).
+    precision = jax.default_matmul_precision(MATMUL_PRECISIONS[cfg.matmul_precision])
     try:
-        state, _, seconds = train.fit(step, train.init_state(variables, tx),
-                                      data.batches(x, y, p.batch_size, p.seed), p.steps,
-                                      desc=f"pretrain on {p.dataset}")
-        final = {"params": state.params, "batch_stats": state.batch_stats}
-        xt = data.preprocess(ds.splits["test"].images, model.preprocessing)
-        metrics = train.evaluate(train.make_predict(model.module), final, xt,
-                                 ds.splits["test"].labels, cfg.eval_batch_size)
+        with precision:
+            state, _, seconds = train.fit(step, train.init_state(variables, tx),
+                                          data.batches(x, y, p.batch_size, p.seed), p.steps,
+                                          desc=f"pretrain on {p.dataset}")
+            final = {"params": state.params, "batch_stats": state.batch_stats}
+            metrics = train.evaluate(train.make_predict(model.module), final, xt,
+                                     ds.splits["test"].labels, cfg.eval_batch_size)
     except FloatingPointError as e:  # nothing is saved: a rerun trains it again
         raise UserError(f"the source model's pretraining on {p.dataset!r} diverged ({e}); "
                         f"lower pretrain.lr (now {p.lr:g})") from None
