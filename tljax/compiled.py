@@ -4,10 +4,10 @@ A run builds its train step from its settings (its inference-mode loss and predi
 depend on the model alone: ``train.make_eval_loss`` and ``make_predict`` cache them per
 module). Two runs whose steps lower to the same program (the same module, rules,
 optimizer structure, frozen blocks, dtype, accumulation and parallel layout) share one
-jitted object here, so JAX traces and compiles it once per input shape and every later run calls the compiled
-program: a sweep over learning rates and seeds compiles its step once per strategy, not
-once per run. The learning rate is no part of any key: it lives in the optimizer state
-(``optim._group``), an input of the step, never a constant in it.
+jitted object here, so JAX traces and compiles it once per input shape and every later
+run calls the compiled program: a sweep over learning rates and seeds compiles its step
+once per strategy, not once per run. The learning rate is no part of any key: it lives in
+the optimizer state (``optim._group``), an input of the step, never a constant in it.
 
 Sharing is safe only when the key names everything the built function closes over;
 each caller's key says what that is (``tljax.run.paths``).

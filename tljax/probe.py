@@ -125,11 +125,12 @@ def extract_features(module, variables: dict, inputs: np.ndarray, batch_size: in
     """Returns ``(features, cache_hit)`` for model inputs, cached on disk.
 
     The cache key hashes ``key`` (model name, dataset, split), the backbone variables, the
-    matmul precision in effect and the model inputs themselves, so a change of weights, preprocessing or data makes a new
-    entry; the same request from any run or process reads the file and runs no forward
-    pass. ``cache_dir`` '' disables the cache. In a multi-process run the forward pass is
-    split over every process's devices, process 0's cache decides and process 0 alone
-    writes it; every process returns the whole features.
+    matmul precision in effect and the model inputs themselves, so a change of weights,
+    preprocessing, data or precision makes a new entry; the same request from any run or
+    process reads the file and runs no forward pass. ``cache_dir`` '' disables the cache.
+    In a multi-process run the forward pass is split over every process's devices,
+    process 0's cache decides and process 0 alone writes it; every process returns the
+    whole features.
     """
     cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     backbone = {c: v["backbone"] for c, v in variables.items() if "backbone" in v}

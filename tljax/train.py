@@ -62,6 +62,24 @@ def update_trainable(tx: optax.GradientTransformation, state: TrainState, traina
     return traverse_util.unflatten_dict({**new_trainable, **frozen}), opt_state
 
 
+def cast_for_compute(params, images, compute_dtype):
+    """Returns ``(params, images)`` cast to ``compute_dtype`` for a forward and backward
+    pass (float images only; token ids stay integers); unchanged when it is None."""
+    if compute_dtype is None:
+        return params, images
+    params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        images = images.astype(compute_dtype)
+    return params, images
+
+
+def stats_as_before(mutated: dict, batch_stats):
+    """Returns the pass's updated BatchNorm statistics (``mutated``'s, else the old ones)
+    in the dtypes the state keeps them in, whatever the pass computed in."""
+    return jax.tree.map(lambda new, old: new.astype(old.dtype),
+                        mutated.get("batch_stats", batch_stats), batch_stats)
+
+
 def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
               compute_dtype=None, accum_steps: int = 1, axis_name: str | None = None,
               jit: bool = True) -> Callable:
@@ -81,19 +99,14 @@ def make_step(module, rules, tx: optax.GradientTransformation, frozen_blocks=(),
     frozen_blocks = tuple(frozen_blocks)
 
     def loss_fn(trainable, frozen, batch_stats, images, labels):
-        params = traverse_util.unflatten_dict({**trainable, **frozen})
-        if compute_dtype is not None:
-            params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
-            if jnp.issubdtype(images.dtype, jnp.floating):
-                images = images.astype(compute_dtype)
+        params, images = cast_for_compute(
+            traverse_util.unflatten_dict({**trainable, **frozen}), images, compute_dtype)
         logits, mutated = module.apply(
             _variables(params, batch_stats), images, train=True,
             frozen_blocks=frozen_blocks, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                                 mutated.get("batch_stats", batch_stats), batch_stats)
-        return loss, (logits, new_stats)
+        return loss, (logits, stats_as_before(mutated, batch_stats))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -96,19 +96,14 @@ def make_masked_step(module, tx: optax.GradientTransformation, frozen_blocks=(),
     frozen_blocks = tuple(frozen_blocks)
 
     def loss_fn(params, batch_stats, inputs, labels):
-        if compute_dtype is not None:
-            params = jax.tree.map(lambda p: p.astype(compute_dtype), params)
-            if jnp.issubdtype(inputs.dtype, jnp.floating):
-                inputs = inputs.astype(compute_dtype)
+        params, inputs = train.cast_for_compute(params, inputs, compute_dtype)
         variables = {"params": params, "batch_stats": batch_stats} if batch_stats else \
             {"params": params}
         logits, mutated = module.apply(variables, inputs, train=True,
                                        frozen_blocks=frozen_blocks, mutable=["batch_stats"])
         logits = logits.astype(jnp.float32)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        new_stats = jax.tree.map(lambda new, old: new.astype(old.dtype),
-                                 mutated.get("batch_stats", batch_stats), batch_stats)
-        return loss, (logits, new_stats)
+        return loss, (logits, train.stats_as_before(mutated, batch_stats))
 
     def step(state: train.TrainState, inputs, labels):
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

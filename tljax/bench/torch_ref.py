@@ -5,7 +5,8 @@ layout; timm's ViT, with its fused ``scaled_dot_product_attention``; tljax's sma
 not imported: torchvision and timm are not dependencies. Module names mirror tljax's param
 paths (``layer1.0.conv1.weight`` is ``backbone/layer1/0/conv1/kernel``, ``fc`` / ``head``
 is ``head``, ``cls_token`` is ``backbone/cls_token``), so one strategy's rules, computed by
-tljax, pick the frozen params here too. torch is imported only when a reference is built; tljax never needs it.
+tljax, pick the frozen params here too. torch is imported only when a reference is built;
+tljax never needs it.
 
 A frozen param gets ``requires_grad=False`` and no optimizer entry; a BatchNorm in a frozen
 block is put in ``eval()`` (running statistics, not updated), as tljax's step does.
@@ -113,9 +114,10 @@ def _modules(nn):
     return SmallCNN, ResNet, Basic, Bottleneck
 
 
-def _vit(nn, functional):
-    """Returns timm's ViT as a ``nn.Module`` class (pre-norm blocks, exact GELU, class token
+def _vit(torch):
+    """Returns timm's ViT as a ``torch.nn.Module`` class (pre-norm blocks, exact GELU, class token
     after the final LayerNorm), attention through ``scaled_dot_product_attention``."""
+    nn, functional = torch.nn, torch.nn.functional
 
     class Attention(nn.Module):
         def __init__(self, dim, heads):
@@ -153,8 +155,6 @@ def _vit(nn, functional):
         def __init__(self, patch, dim, depth, heads, hidden, eps, channels, image_size,
                      num_classes):
             super().__init__()
-            import torch
-
             self.patch_embed = nn.Module()
             self.patch_embed.proj = nn.Conv2d(channels, dim, patch, patch)
             self.cls_token = nn.Parameter(0.02 * torch.randn(1, 1, dim))
@@ -165,8 +165,6 @@ def _vit(nn, functional):
             self.head = nn.Linear(dim, num_classes)
 
         def forward(self, x):
-            import torch
-
             x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
             for block in self.blocks:
@@ -179,14 +177,13 @@ def _vit(nn, functional):
 def create(model: str, channels: int, num_classes: int, image_size: int | None = None):
     """Returns the PyTorch reference of tljax model ``model`` (a ``torch.nn.Module``);
     a ViT is built for ``image_size`` px."""
-    from torch import nn
-    from torch.nn import functional
+    import torch
 
-    SmallCNN, ResNet, Basic, Bottleneck = _modules(nn)
+    SmallCNN, ResNet, Basic, Bottleneck = _modules(torch.nn)
     if model in _CNNS:
         return SmallCNN(*_CNNS[model], channels, num_classes)
     if model in _VITS:
-        return _vit(nn, functional)(*_VITS[model], channels, image_size, num_classes)
+        return _vit(torch)(*_VITS[model], channels, image_size, num_classes)
     depths = {"resnet18": (Basic, (2, 2, 2, 2)), "resnet34": (Basic, (3, 4, 6, 3)),
               "resnet50": (Bottleneck, (3, 4, 6, 3))}
     block, depth = depths[model]
