@@ -189,3 +189,55 @@ def test_bad_patches_max_side_names_the_value(monkeypatch):
     with pytest.raises(UserError, match="TLJAX_PATCHES_MAX_SIDE must be a whole number of "
                                         "pixels >= 0, got 'eight'"):
         Conv(2, (3, 3), padding=1).init(jax.random.key(0), np.zeros((1, 4, 4, 2), np.float32))
+
+
+@pytest.mark.parametrize("backend, dtype, route", [
+    ("gpu", jnp.bfloat16, "cudnn"), ("gpu", jnp.float16, "cudnn"), ("gpu", jnp.float32, "xla"),
+    ("cpu", jnp.bfloat16, "xla"), ("tpu", jnp.bfloat16, "xla")])
+def test_attention_takes_cudnn_flash_attention_on_a_gpu_in_half_precision(
+        monkeypatch, backend, dtype, route):
+    # jax.nn.dot_product_attention's own default is XLA's route on a GPU too: tljax must
+    # ask for cuDNN, or ViT-B/16 keeps every (heads, tokens, tokens) matrix for backward.
+    from tljax.models import layers
+
+    monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: backend)
+    assert layers.attention_route(dtype) == route
+    monkeypatch.setenv("TLJAX_ATTENTION", "xla")
+    assert layers.attention_route(dtype) == "xla"
+
+
+def test_unknown_attention_route_names_the_known_ones(monkeypatch):
+    from tljax.errors import UserError
+    from tljax.models import layers
+
+    monkeypatch.setenv("TLJAX_ATTENTION", "flash")
+    with pytest.raises(UserError, match="'flash'; known: cudnn, xla"):
+        layers.attention_route(jnp.float32)
+
+
+def test_attention_falls_back_to_xla_where_cudnn_turns_the_shapes_down(monkeypatch):
+    # cuDNN refuses some shapes at trace time (head dim not a multiple of 8, an odd token
+    # count with a bias): the chosen route falls back; a route the user named does not.
+    from tljax.models import layers
+
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def fake(*args, implementation=None, **kwargs):
+        calls.append(implementation)
+        if implementation == "cudnn":
+            raise NotImplementedError("The head dim must be <= 128 and a multiple of 8")
+        return real(*args, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(layers.jax.nn, "dot_product_attention", fake)
+    monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
+    q, k, v = (jnp.asarray(np.random.default_rng(i).normal(size=(2, 5, 3, 12)), jnp.bfloat16)
+               for i in range(3))
+    got = layers.attention(q, k, v)
+    assert calls == ["cudnn", "xla"]
+    np.testing.assert_array_equal(got, real(q, k, v, implementation="xla"))
+    monkeypatch.setenv("TLJAX_ATTENTION", "cudnn")
+    with pytest.raises(NotImplementedError, match="head dim"):
+        layers.attention(q, k, v)

@@ -11,12 +11,11 @@ import dataclasses
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from tljax.errors import UserError
 from tljax.models import blocktable
-from tljax.models.layers import activation
+from tljax.models.layers import activation, attention
 from tljax.weights.torch_names import renamed
 
 
@@ -72,9 +71,9 @@ class SelfAttention(nn.Module):
             return y.reshape(y.shape[:2] + (heads, dim))
 
         q, k, v = split("query"), split("key"), split("value")
-        # JAX's fused attention (as in tljax.models.vit); the padding mask is the additive
-        # bias it was before, 0 on tokens and the dtype's lowest value on padding.
-        return jax.nn.dot_product_attention(q, k, v, bias=mask_bias).reshape(x.shape)
+        # Fused attention as in tljax.models.vit (layers.attention); the padding mask is the
+        # additive bias it was before, 0 on tokens and the dtype's lowest value on padding.
+        return attention(q, k, v, bias=mask_bias).reshape(x.shape)
 
 
 class _DenseNorm(nn.Module):

@@ -30,6 +30,41 @@ def depthwise_route(route: str | None = None) -> str:
     return route
 
 
+ATTENTION_ROUTES = ("xla", "cudnn")
+
+
+def attention_route(dtype, route: str | None = None) -> str:
+    """Returns how attention over inputs of ``dtype`` is computed: ``"cudnn"`` or ``"xla"``.
+
+    ``route`` if given, else the ``TLJAX_ATTENTION`` environment variable, else
+    ``"cudnn"`` (flash attention: no (heads, tokens, tokens) matrix kept for the backward
+    pass) on a GPU for bfloat16 and float16 inputs, the types it takes, and ``"xla"``
+    (einsum, softmax, einsum) otherwise. ``jax.nn.dot_product_attention`` does not choose
+    by itself: left to its default it takes XLA's route on a GPU too. Read at trace time.
+    """
+    route = route or os.environ.get("TLJAX_ATTENTION") or (
+        "cudnn" if jax.default_backend() == "gpu"
+        and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla")
+    if route not in ATTENTION_ROUTES:
+        raise unknown("attention route (TLJAX_ATTENTION)", route, ATTENTION_ROUTES)
+    return route
+
+
+def attention(q, k, v, bias=None):
+    """Returns ``softmax(q k^T / sqrt(head dim) + bias) v`` for ``q, k, v`` of shape
+    (batch, tokens, heads, head dim), by ``attention_route``. Where the route was chosen
+    for the backend (not named in ``TLJAX_ATTENTION``) and cuDNN turns these shapes down
+    at trace time (a head dim it does not take; an odd token count with a bias), XLA's
+    route computes it instead."""
+    route = attention_route(q.dtype)
+    if route == "cudnn" and not os.environ.get("TLJAX_ATTENTION"):
+        try:
+            return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
+        except NotImplementedError:
+            route = "xla"
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=route)
+
+
 # On CPU, a (non-grouped) conv over a map of at most this many pixels a side runs as
 # patches + one matmul: XLA:CPU's conv, its backward above all, is slow on small maps.
 # Medians of interleaved train steps, batch 32 (every conv <= 8 px routed vs none):

@@ -9,13 +9,12 @@ import re
 from typing import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from tljax.errors import UserError
 from tljax.models import blocktable
-from tljax.models.layers import activation
+from tljax.models.layers import activation, attention
 from tljax.weights.torch_names import renamed
 
 
@@ -52,10 +51,10 @@ class Attention(nn.Module):
         qkv = nn.Dense(3 * c.hidden_size, use_bias=c.qkv_bias, name="qkv")(x)
         qkv = qkv.reshape(x.shape[:2] + (3, heads, dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        # JAX's fused attention: cuDNN's flash attention on a GPU where dtype and shapes
-        # allow (no (heads, tokens, tokens) matrix kept for the backward pass), XLA's
-        # einsum-softmax-einsum elsewhere; softmax(q k^T / sqrt(dim)) v either way.
-        out = jax.nn.dot_product_attention(q, k, v).reshape(x.shape)
+        # cuDNN's flash attention on a GPU where dtype and shapes allow (no (heads, tokens,
+        # tokens) matrix kept for the backward pass), XLA's einsum-softmax-einsum elsewhere;
+        # softmax(q k^T / sqrt(dim)) v either way (layers.attention).
+        out = attention(q, k, v).reshape(x.shape)
         return nn.Dense(c.hidden_size, name="proj")(out)
 
 
