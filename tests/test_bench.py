@@ -31,12 +31,16 @@ def test_bench_cli_reports_every_method_on_cnn(tmp_path, capsys):
         # torch counts its own params with requires_grad: its freezing matches tljax's.
         assert rows[("linear_probe", m)]["trainable_params"] == 128 * 10 + 10
         assert rows[("full_ft", m)]["trainable_params"] > 50_000
-    # XLA's flop count: tljax's probe step skips the frozen backward; once the clipping
-    # norm reads every gradient (mask_clip) the probe costs what full fine-tuning does.
+    # The flop counts: tljax's probe step skips the frozen backward; once the clipping
+    # norm reads every gradient (mask_clip) the probe costs what full fine-tuning does;
+    # torch's rows take tljax's count (the same network and frozen set).
     flops = {k: r["flops"] for k, r in rows.items()}
     assert flops[("linear_probe", "tljax")] < 0.6 * flops[("full_ft", "tljax")]
     assert flops[("linear_probe", "mask_clip")] > 0.9 * flops[("full_ft", "mask_clip")]
-    assert flops[("linear_probe", "torch")] is None
+    assert flops[("linear_probe", "torch")] == flops[("linear_probe", "tljax")]
+    for r in rows.values():
+        assert r["tflops"] == pytest.approx(r["flops"] / r["step_ms"] / 1e9)
+        assert r["xla_flops"] if r["method"] != "torch" else r["xla_flops"] is None
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["jax"] and machine["backend"] == "cpu"
     assert "SGD" in machine["optimizer"] and machine["batch"] == 4

@@ -46,6 +46,10 @@ def add_arguments(parser) -> None:
                         help=f"compute type of every method, of {', '.join(DTYPES)} (default: "
                              "float32); bfloat16 keeps params and optimizer state float32 "
                              "(tljax's compute_dtype, torch's autocast)")
+    parser.add_argument("--peak-tflops", type=float, metavar="TFLOPS",
+                        help="the device's stated peak in TFLOP/s (say, 989 for an H100/H200 "
+                             "SXM in dense bfloat16): each row's TFLOP/s is also given as a "
+                             "fraction of it")
     parser.add_argument("--json", metavar="OUT", help="write rows and machine as JSON here")
     parser.add_argument("--plot", metavar="PNG", help="write a plot of step time and memory")
     parser.add_argument("--quick", action="store_true",
@@ -68,6 +72,10 @@ def options(args) -> dict:
         if opts[key] < lo:
             raise UserError(f"--{key.replace('_', '-')} {opts[key]} is out of range; "
                             f"valid: >= {lo}")
+    peak = getattr(args, "peak_tflops", None)
+    if peak is not None and not 0 < peak < float("inf"):
+        raise UserError(f"--peak-tflops {peak} is out of range; valid: a number > 0")
+    opts["peak_tflops"] = peak
     return opts
 
 
@@ -91,9 +99,9 @@ def main(args) -> int:
         f"{opts['dtype']}")
     rows, infos = runner.run(opts["models"], opts["strategies"], opts["methods"], opts["batch"],
                              opts["image_size"], opts["rounds"], opts["warmup"], OPTIMIZER,
-                             args.xla_flags, log, opts["dtype"])
+                             args.xla_flags, log, opts["dtype"], opts["peak_tflops"])
     info = output.machine(infos, {"batch": opts["batch"], "image_size": opts["image_size"],
-                                  "dtype": opts["dtype"],
+                                  "dtype": opts["dtype"], "peak_tflops": opts["peak_tflops"],
                                   "rounds": opts["rounds"], "warmup": opts["warmup"],
                                   "optimizer": optimizer_text()})
     print(output.markdown(rows, info))

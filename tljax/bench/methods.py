@@ -135,8 +135,9 @@ def build(model: models.Model, strategy: str, method: str, variables: dict | Non
 
 
 def compile_step(step, state, inputs, labels) -> tuple:
-    """Returns ``(compiled, flops)``: the step compiled for these shapes and XLA's flop
-    count of it (None where the backend gives none)."""
+    """Returns ``(compiled, xla_flops)``: the step compiled for these shapes and XLA's flop
+    count of it (None where the backend gives none; on a GPU it leaves out the cuDNN and
+    cuBLAS calls: ``flops.count`` is the count to use)."""
     compiled = step.lower(state, inputs, labels).compile()
     try:
         cost = compiled.cost_analysis()

@@ -57,10 +57,13 @@ def markdown(rows: list, info: dict) -> str:
     """Returns the Markdown table of ``rows``, with the machine and settings above it.
 
     ``x full_ft`` is a step's time over the same method's full_ft step (same model);
-    ``x torch`` over the torch step of the same model and strategy.
+    ``x torch`` over the torch step of the same model and strategy; ``GFLOP`` the step's
+    matmul and convolution FLOPs (``bench.flops``), ``TFLOP/s`` those over the step's time,
+    ``of peak`` that over ``info["peak_tflops"]`` (a column only where a peak was given).
     """
     ok = {(r["model"], r["strategy"], r["method"]): r for r in rows if r["status"] == "ok"}
     flags = info.get("xla_flags") or "(none)"
+    peak = info.get("peak_tflops")
     lines = [
         (f"{info['cpu']}, {info['cores']} cores; jax {info['jax']}, jaxlib {info['jaxlib']}, "
         f"torch {info['torch'] or '-'}; backend {info['backend']}"
@@ -70,16 +73,18 @@ def markdown(rows: list, info: dict) -> str:
         (f"batch {info['batch']}, image size {info['image_size']} px (text: token ids), "
         f"{info.get('dtype', 'float32')}, "
         f"{info['rounds']} interleaved rounds after {info['warmup']} warm-up; "
-        f"optimizer: {info['optimizer']}; peak memory: {', '.join(info['mem_source']) or '-'}"),
+        f"optimizer: {info['optimizer']}; peak memory: {', '.join(info['mem_source']) or '-'}"
+        + (f"; peak {peak:g} TFLOP/s as stated" if peak else "")),
         "",
         ("| model | strategy | method | step ms | x full_ft | x torch | examples/s | "
-        "compile s | peak MB | trainable | GFLOP |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "compile s | peak MB | trainable | GFLOP | TFLOP/s |" + (" of peak |" if peak else "")),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if peak else ""),
     ]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['model']} | {r['strategy']} | {r['method']} | "
-                         f"{r['status']}: {r['reason']} |  |  |  |  |  |  |  |")
+                         f"{r['status']}: {r['reason']} |  |  |  |  |  |  |  |  |"
+                         + ("  |" if peak else ""))
             continue
         full = ok.get((r["model"], "full_ft", r["method"]))
         torch = ok.get((r["model"], r["strategy"], "torch"))
@@ -90,7 +95,8 @@ def markdown(rows: list, info: dict) -> str:
             f"{_ratio(r['step_ms'], torch and torch['step_ms'])} | "
             f"{_num(r['examples_per_s'], '.1f')} | {_num(r['compile_s'], '.1f')} | "
             f"{_num(r['peak_mem_mb'], '.0f')} | {_num(r['trainable_params'], ',')} | "
-            f"{_num(flops, '.2f')} |")
+            f"{_num(flops, '.2f')} | {_num(r.get('tflops'), '.3g')} |"
+            + (f" {_num(r.get('peak_fraction'), '.1%')} |" if peak else ""))
     return "\n".join(lines)
 
 

@@ -145,12 +145,13 @@ def _row(key, spec, child=None, reason: str = "") -> dict:
            "reason": spec if not isinstance(spec, dict) else reason,
            "step_ms": None, "step_ms_min": None, "examples_per_s": None, "compile_s": None,
            "peak_mem_mb": None, "base_mem_mb": None, "mem_source": None,
-           "trainable_params": None, "total_params": None, "flops": None,
+           "trainable_params": None, "total_params": None, "flops": None, "xla_flops": None,
+           "tflops": None, "peak_fraction": None,
            "steps_timed": 0, "final_loss": None, "backend": None}
     if child is None:
         return row
     info = child.info
-    row.update({k: info.get(k) for k in ("compile_s", "flops", "trainable_params",
+    row.update({k: info.get(k) for k in ("compile_s", "flops", "xla_flops", "trainable_params",
                                          "total_params", "peak_mem_mb", "base_mem_mb",
                                          "mem_source", "backend")})
     if child.error:
@@ -205,10 +206,27 @@ def run_model(entries: list, rounds: int, warmup: int, env: dict, log,
     return rows, [c.info for c in children if not c.error]
 
 
+def add_throughput(rows: list, peak_tflops: float | None = None) -> None:
+    """Fills each ok row's ``tflops`` (its ``flops`` over its median step) and
+    ``peak_fraction`` (of ``peak_tflops``, if given). A torch row takes the ``flops`` of
+    the tljax row of its model, strategy and dtype: the same network and frozen set, whose
+    frozen backward neither computes."""
+    counted = {(r["model"], r["strategy"], r["dtype"]): r["flops"] for r in rows
+               if r["method"] == "tljax" and r["flops"]}
+    for r in rows:
+        if r["method"] == "torch" and r["flops"] is None:
+            r["flops"] = counted.get((r["model"], r["strategy"], r["dtype"]))
+        if r["status"] == "ok" and r["flops"] and r["step_ms"]:
+            r["tflops"] = r["flops"] / (r["step_ms"] * 1e-3) / 1e12
+            if peak_tflops:
+                r["peak_fraction"] = r["tflops"] / peak_tflops
+
+
 def run(model_names, strategy_names, method_names, batch: int, image_size: int,
         rounds: int, warmup: int, optimizer: dict, xla_flags: str | None = None,
-        log=print, dtype: str = "float32") -> tuple:
-    """Returns ``(rows, infos)`` of the whole benchmark, one model after another.
+        log=print, dtype: str = "float32", peak_tflops: float | None = None) -> tuple:
+    """Returns ``(rows, infos)`` of the whole benchmark, one model after another, each ok
+    row with its TFLOP/s (``add_throughput``).
 
     ``xla_flags`` (if not None) is every child's ``XLA_FLAGS``, set before it imports JAX.
     """
@@ -223,4 +241,5 @@ def run(model_names, strategy_names, method_names, batch: int, image_size: int,
         r, i = run_model(mine, rounds, warmup, env, log)
         rows += r
         infos += i
+    add_throughput(rows, peak_tflops)
     return rows, infos

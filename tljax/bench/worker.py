@@ -6,7 +6,8 @@ Protocol, one JSON object per line (``runner`` speaks the other side):
 - child -> ``{"event": "hello", "base_mem_mb"}`` once its imports are done;
 - parent -> the spec (``model``, ``strategy``, ``method``, ``batch``, ``image_size``,
   ``optimizer``; for ``torch`` also ``rules``, ``frozen_bn``, ``input_shape``, ``kind``);
-- child -> ``{"event": "ready", "compile_s", "flops", "trainable_params", ...}``;
+- child -> ``{"event": "ready", "compile_s", "flops", "xla_flops", "trainable_params",
+  ...}`` (``flops``: ``bench.flops.count``'s, the same on every backend; torch's is None);
 - parent -> ``step``; child -> ``{"seconds", "loss"}`` (repeated);
 - parent -> ``done``; child -> ``{"peak_mem_mb", "mem_source"}`` and exits.
 
@@ -54,7 +55,7 @@ class _Jax:
         import jax
 
         from tljax import strategies
-        from tljax.bench import methods
+        from tljax.bench import flops, methods
 
         # Cold compile every time: the compile seconds are what a first run pays.
         jax.config.update("jax_enable_compilation_cache", False)
@@ -66,8 +67,10 @@ class _Jax:
         inputs, labels = methods.make_batch(model, spec["batch"])
         self.inputs, self.labels = jax.device_put(inputs), jax.device_put(labels)
         start = time.perf_counter()
-        self.step, flops = methods.compile_step(step, state, self.inputs, self.labels)
-        self.info = {"compile_s": time.perf_counter() - start, "flops": flops,
+        self.step, xla_flops = methods.compile_step(step, state, self.inputs, self.labels)
+        compile_s = time.perf_counter() - start
+        self.info = {"compile_s": compile_s, "xla_flops": xla_flops,
+                     "flops": flops.count(step, state, self.inputs, self.labels),
                      "trainable_params": strategies.count(variables["params"], rules)[0],
                      "total_params": strategies.count(variables["params"], rules)[1],
                      "backend": jax.default_backend(), "device": str(jax.devices()[0]),
@@ -108,7 +111,8 @@ class _Torch:
                                             dtype=spec.get("dtype", "float32"))
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        self.info = {"compile_s": 0.0, "flops": None, "backend": f"torch eager {self.device}",
+        self.info = {"compile_s": 0.0, "flops": None, "xla_flops": None,
+                     "backend": f"torch eager {self.device}",
                      "trainable_params": sum(p.numel() for p in module.parameters()
                                              if p.requires_grad),
                      "total_params": sum(p.numel() for p in module.parameters()),
