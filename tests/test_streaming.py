@@ -152,3 +152,26 @@ def test_streamed_run_gives_the_in_memory_results(tmp_path):
         assert a["metrics"] == b["metrics"] and a.get("history") == b.get("history")
         assert a["correct"] == b["correct"]
     assert not records["stream"][0]["probe"]["feature_cache_hit"]  # extracted, streamed
+
+
+def test_worker_threads_scale_with_cores_where_an_accelerator_runs_the_step(monkeypatch):
+    # On CPU the step's own threads need the cores: at most 4 readers. On a GPU host one
+    # reader thread cannot feed the step, so up to 16; TLJAX_DATA_THREADS overrides both.
+    import jax
+
+    from tljax.data import lazy
+    from tljax.errors import UserError
+
+    monkeypatch.delenv("TLJAX_DATA_THREADS", raising=False)
+    monkeypatch.setattr(lazy.os, "cpu_count", lambda: 64)
+    assert lazy.threads() == 4
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert lazy.threads() == 16
+    monkeypatch.setattr(lazy.os, "cpu_count", lambda: 6)
+    assert lazy.threads() == 6
+    monkeypatch.setenv("TLJAX_DATA_THREADS", "24")
+    assert lazy.threads() == 24
+    for bad in ("0", "four", "-2"):
+        monkeypatch.setenv("TLJAX_DATA_THREADS", bad)
+        with pytest.raises(UserError, match=f"TLJAX_DATA_THREADS must be .* got '{bad}'"):
+            lazy.threads()
