@@ -10,11 +10,12 @@ cut off leaves the others' figures:
    GPU: passed / failed counts and the failed tests' names.
 3. ``bench_bfloat16``: ``tljax bench`` for ResNet-50, ViT-B/16 and EfficientNet-Lite0,
    ``linear_probe`` and ``full_ft``, tljax and torch, batch 128 at 224 px, bfloat16;
-   ``bench_float32``: ResNet-50 alone in float32 (the default ``matmul_precision`` is
-   ``highest``: true float32 on both sides, no TF32). Each row gets TFLOP/s from the
-   models' known forward FLOPs (XLA's cost analysis leaves out cuDNN convolutions): x3 for
-   ``full_ft`` (forward and backward), x1 for ``linear_probe`` (the frozen network is
-   forward only; the head's backward is negligible), and the fraction of ``--peak-tflops``.
+   ``bench_float32``: ResNet-50 alone in float32 with TF32 matmuls and convs on both sides
+   (``--matmul-precision tf32``, as the issue's first GPU run measured; a run's default is
+   true float32). Each row has the bench's own TFLOP/s (``tljax.bench.flops``: the step's
+   matmul and conv FLOPs from its jaxpr, right on a GPU, where XLA's cost analysis leaves
+   out cuDNN) and its fraction of ``--peak-tflops`` (float32 rows against the same
+   bfloat16 peak: TF32's dense peak is half of it).
 4. ``main_job``: ``tljax run experiments/lp_vs_ft.py`` cold (fresh compilation, feature
    and data caches; new workdir): its wall time.
 5. ``pipeline``: ``benchmarks/pipeline.py --skip-step`` at batch 128: the streamed input
@@ -38,9 +39,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Forward FLOPs per image at 224 px (2 x multiply-adds): ResNet-50 4.1 GMAC, ViT-B/16
-# 17.6 GMAC, EfficientNet-Lite0 0.39 GMAC (the models' papers and timm's tables).
-FORWARD_GFLOP = {"resnet50": 8.2, "vit_b16": 35.1, "efficientnet_lite0": 0.78}
 # Dense bfloat16 tensor-core peak of an H100 / H200 SXM, TFLOP/s (NVIDIA's datasheet).
 H200_PEAK_TFLOPS = 989.0
 
@@ -49,7 +47,7 @@ FULL = {
     "bench_bfloat16": {"models": ["resnet50", "vit_b16", "efficientnet_lite0"],
                        "batch": 128, "image_size": 224, "rounds": 10, "warmup": 2},
     "bench_float32": {"models": ["resnet50"], "batch": 128, "image_size": 224, "rounds": 10,
-                      "warmup": 2},
+                      "warmup": 2, "matmul_precision": "tf32"},
     "pipeline": ["--images", "1024", "--batch", "128", "--batches", "5"],
     "timeouts": {"machine": 60, "tests": 150, "bench_bfloat16": 170, "bench_float32": 70,
                  "main_job": 120, "pipeline": 90},
@@ -59,7 +57,7 @@ SMOKE = {
     "bench_bfloat16": {"models": ["cnn"], "batch": 8, "image_size": 16, "rounds": 2,
                        "warmup": 1},
     "bench_float32": {"models": ["cnn"], "batch": 8, "image_size": 16, "rounds": 2,
-                      "warmup": 1},
+                      "warmup": 1, "matmul_precision": "tf32"},
     "pipeline": ["--images", "256", "--batch", "32", "--batches", "3"],
     "timeouts": {"machine": 60, "tests": 300, "bench_bfloat16": 300, "bench_float32": 300,
                  "main_job": 120, "pipeline": 300},
@@ -112,25 +110,20 @@ def tests(args: list, timeout: int) -> dict:
 
 
 def bench(settings: dict, dtype: str, timeout: int, workdir: str, peak: float) -> dict:
-    """Runs ``tljax bench`` (tljax and torch, linear_probe and full_ft); returns its rows with
-    TFLOP/s and the fraction of ``peak`` added where the model's FLOPs are known."""
+    """Runs ``tljax bench`` (tljax and torch, linear_probe and full_ft); returns its rows,
+    with TFLOP/s and the fraction of ``peak``."""
     out = os.path.join(workdir, f"bench_{dtype}.json")
     cmd = [sys.executable, "-m", "tljax.cli", "bench", "--models", *settings["models"],
            "--strategies", "linear_probe", "full_ft", "--methods", "tljax", "torch",
            "--batch", str(settings["batch"]), "--image-size", str(settings["image_size"]),
            "--rounds", str(settings["rounds"]), "--warmup", str(settings["warmup"]),
-           "--dtype", dtype, "--json", out]
+           "--dtype", dtype, "--matmul-precision", settings.get("matmul_precision", "highest"),
+           "--peak-tflops", str(peak), "--json", out]
     part = run_part(cmd, timeout, {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
     rows = []
     if os.path.exists(out):
         with open(out) as f:
             rows = json.load(f)["rows"]
-    for r in rows:
-        gflop = FORWARD_GFLOP.get(r["model"])
-        if gflop and r.get("step_ms") and r["image_size"] == 224:
-            passes = 3 if r["strategy"] == "full_ft" else 1
-            tflops = gflop * passes * r["batch"] / r["step_ms"]  # GFLOP / ms = TFLOP / s
-            r.update(tflops=round(tflops, 1), peak_fraction=round(tflops / peak, 3))
     return {"rc": part["rc"], "seconds": part["seconds"], "rows": rows,
             "tail": "" if part["rc"] == 0 else part["out"][-1500:]}
 
@@ -163,6 +156,10 @@ def pipeline(args: list, timeout: int, workdir: str) -> dict:
     return result
 
 
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def table(result: dict) -> str:
     """Returns the Markdown summary of ``result``."""
     m = result["parts"].get("machine", {})
@@ -188,16 +185,18 @@ def table(result: dict) -> str:
         rows = result["parts"].get(key, {}).get("rows", [])
         ok = {(r["model"], r["strategy"], r["method"]): r for r in rows if r.get("step_ms")}
         for r in rows:
+            dtype = r["dtype"] + (" (tf32)" if r["dtype"] == "float32"
+                                  and r.get("matmul_precision") == "tf32" else "")
             if not r.get("step_ms"):
-                lines.append(f"| {r['model']} | {r['strategy']} | {r['dtype']} | {r['method']} "
+                lines.append(f"| {r['model']} | {r['strategy']} | {dtype} | {r['method']} "
                              f"| {r['status']}: {r['reason']} | | | | | | |")
                 continue
             torch = ok.get((r["model"], r["strategy"], "torch"))
             ratio = f"{r['step_ms'] / torch['step_ms']:.2f}" if torch else "-"
             lines.append(
-                f"| {r['model']} | {r['strategy']} | {r['dtype']} | {r['method']} | "
+                f"| {r['model']} | {r['strategy']} | {dtype} | {r['method']} | "
                 f"{r['step_ms']:.1f} | {ratio} | {r['examples_per_s']:,.0f} | "
-                f"{r.get('tflops', '-')} | {r.get('peak_fraction', '-')} | "
+                f"{_fmt(r.get('tflops'), '.1f')} | {_fmt(r.get('peak_fraction'), '.1%')} | "
                 f"{r['compile_s'] or 0:.1f} | {r['peak_mem_mb'] or 0:,.0f} |")
     return "\n".join(lines)
 

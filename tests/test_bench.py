@@ -98,32 +98,45 @@ def test_mask_clip_keeps_frozen_params_and_clips_over_them():
     assert moved(clipped) < 0.99 * moved(ours)
 
 
-@pytest.mark.parametrize("name, size, strategy", [("cnn", 8, "last_k:1"), ("cnn", 8, "full_ft"),
-                                                 ("vit_ti16", 32, "last_k:1"),
-                                                 ("vit_ti16", 32, "full_ft")])
-def test_torch_reference_takes_tljax_steps(name, size, strategy):
+@pytest.mark.parametrize("name, size, strategy, dtype", [
+    ("cnn", 8, "last_k:1", "float32"), ("cnn", 8, "full_ft", "float32"),
+    ("vit_ti16", 32, "last_k:1", "float32"), ("vit_ti16", 32, "full_ft", "float32"),
+    ("efficientnet_lite0", 32, "last_k:1", "float32"),
+    ("efficientnet_lite0", 32, "full_ft", "float64")])
+def test_torch_reference_takes_tljax_steps(name, size, strategy, dtype):
     # The same model, weights, batch, strategy and SGD (clipping, decay, momentum): the same
-    # losses step after step, frozen BatchNorm on running statistics in both (the cnn); the
-    # ViT's fused attention on both sides (jax.nn.dot_product_attention, torch's SDPA).
+    # losses step after step, frozen BatchNorm on running statistics in both (the CNNs); the
+    # ViT's fused attention on both sides (jax.nn.dot_product_attention, torch's SDPA);
+    # EfficientNet's TF SAME padding (at 32 px each stride-2 conv pads 0 before, 1 or 2
+    # after). Its full_ft runs in float64 on both sides: in float32 a ReLU6 input within
+    # rounding of 0 lands on either side of the kink (one of the head conv's 8 x 1280 does
+    # here) and the random head's steep loss (gradient norm ~15,000, clipped to 1) makes
+    # that ~1% of the loss by step 3; torch float32 strays as far from torch float64.
     model = methods.make_model(name, size)
     variables = _variables(model)
-    step, state, rules = methods.build(model, strategy, "tljax", variables)
     x, y = methods.make_batch(model, 8)
+    x = x.astype(dtype)
+    with jax.enable_x64(dtype == "float64"):
+        step, state, rules = methods.build(model, strategy, "tljax", jax.tree.map(
+            lambda a: a.astype(dtype) if a.dtype == np.float32 else a, variables))
+        ours = []
+        for _ in range(3):
+            state, metrics = step(state, x, y)
+            ours.append(float(metrics["loss"]))
     flat = traverse_util.flatten_dict(rules, sep="/")
     stats = traverse_util.flatten_dict(
         strategies.batch_stats_rules(rules, variables.get("batch_stats", {}), model.blocks),
         sep="/")
     frozen_bn = sorted({p.rpartition("/")[0] for p, r in stats.items() if not r.trainable})
     assert (strategy == "full_ft" or name == "vit_ti16") == (not frozen_bn)
-    torch_step, _ = torch_ref.build(
+    torch_step, module = torch_ref.build(
         name, {p: r.lr_mult if r.trainable else None for p, r in flat.items()}, frozen_bn,
         x, y, OPTIMIZER, methods.NUM_CLASSES, variables=variables)
-    ours = []
-    for _ in range(3):
-        state, metrics = step(state, x, y)
-        ours.append(float(metrics["loss"]))
+    if dtype == "float64":
+        module.double()  # in place: the optimizer holds the same params
     theirs = [torch_step() for _ in range(3)]
-    np.testing.assert_allclose(theirs, ours, rtol=1e-4)
+    # tljax's loss itself is float32 (its step casts the logits)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-4 if dtype == "float32" else 1e-6)
 
 
 def test_bench_dtype_bfloat16_computes_in_bfloat16_for_jax_and_torch(tmp_path, capsys):
@@ -144,6 +157,49 @@ def test_bench_dtype_bfloat16_computes_in_bfloat16_for_jax_and_torch(tmp_path, c
     for method in ("tljax", "mask_only", "torch"):
         f32, bf16 = losses[(method, "float32")], losses[(method, "bfloat16")]
         assert 0 < abs(bf16 - f32) < 0.05 * f32, (method, f32, bf16)
+
+
+@pytest.mark.parametrize("precision, operand", [("highest", "highest"), ("tf32", "high")])
+def test_bench_compiles_jax_steps_at_the_named_matmul_precision(precision, operand):
+    # On a GPU JAX's default float32 precision is TF32 and torch's differs between matmuls
+    # and convs: the bench fixes both sides to one (a run's default, highest, unless named).
+    import re
+
+    model = methods.make_model("cnn", 8)
+    step, state, _ = methods.build(model, "full_ft", "tljax", methods.random_variables(model))
+    x, y = methods.make_batch(model, 4)
+    compiled, _ = methods.compile_step(step, state, x, y, precision)
+    assert set(re.findall(r"operand_precision=\{(\w+),", compiled.as_text())) == {operand}
+
+
+def test_bench_records_the_matmul_precision_and_refuses_an_unknown_one(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "cnn", "--strategies", "full_ft", "--methods", "tljax",
+            "torch", "--image-size", "8", "--batch", "4", "--rounds", "1", "--warmup", "0",
+            "--matmul-precision", "tf32", "--json", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["matmul_precision"] == "tf32"
+    assert {r["matmul_precision"] for r in result["rows"]} == {"tf32"}
+    assert "matmul precision tf32" in capsys.readouterr().out
+    assert cli.main(argv[:-4] + ["--matmul-precision", "tf33"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'tf33'" in err and "highest, tf32" in err and len(err.splitlines()) == 1
+
+
+def test_torch_compile_takes_eager_torch_s_steps_after_compiling_cold(tmp_path):
+    # torch.compile's warm-up step (its compile seconds) is undone: the same losses as eager
+    # torch from the same seeded init, step for step.
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--models", "cnn", "--strategies", "full_ft", "--methods", "torch",
+            "torch_compile", "--image-size", "8", "--batch", "4", "--rounds", "2",
+            "--warmup", "1", "--json", str(out)]
+    assert cli.main(argv) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert all(r["status"] == "ok" for r in rows.values()), rows
+    assert rows["torch_compile"]["final_loss"] == pytest.approx(rows["torch"]["final_loss"],
+                                                                rel=1e-5)
+    assert rows["torch_compile"]["compile_s"] > 1 and rows["torch"]["compile_s"] == 0
 
 
 def test_a_crashing_child_becomes_a_failed_row():
@@ -195,6 +251,29 @@ def test_torch_cnn_references_have_tljax_s_blocks_widths_and_pools():
     assert cnn.SmallCNN.widths == (32, 64, 128) and cnn.SmallCNN.pools == (False, True, True)
     assert torch_ref._CNNS["cnn6"] == (tuple(n for n, _ in cnn.DEEP_TABLE), cnn.DEEP_WIDTHS,
                                        cnn.DEEP_POOLS)
+
+
+def test_torch_efficientnet_reference_has_tljax_s_stages_and_batchnorm():
+    """torch_efficientnet writes Lite0's stage table and BatchNorm settings out (the torch
+    child never imports JAX): they must be tljax's, or its torch rows would time another
+    network."""
+    import flax.linen as nn
+
+    from tljax.bench import torch_efficientnet as ref
+    from tljax.models import efficientnet
+
+    assert ref.LITE0_STAGES == efficientnet.LITE0_STAGES
+    norms = set()
+
+    def record(f, args, kwargs, context):
+        if isinstance(context.module, nn.BatchNorm):
+            norms.add((context.module.momentum, context.module.epsilon))
+        return f(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(efficientnet.EfficientNetLite().init, jax.random.key(0),
+                       jax.numpy.zeros((1, 32, 32, 3)))
+    assert norms == {(1 - ref.BN_MOMENTUM, ref.BN_EPS)}
 
 
 def test_torch_vit_references_have_tljax_s_configs():

@@ -16,16 +16,23 @@ Methods:
   before the mask (as many codebases chain them): the frozen backward is needed.
 - ``torch``: the same architecture and strategy in eager PyTorch (frozen params
   ``requires_grad=False``, frozen BatchNorm in ``eval()``), where tljax has a reference.
+- ``torch_compile``: the same, the module through ``torch.compile`` (its compile seconds
+  are its first step's, taken while building and then undone).
 """
 
 import numpy as np
 
 from tljax.errors import UserError, unknown
 
-METHODS = ("tljax", "mask_only", "mask_clip", "torch")
+METHODS = ("tljax", "mask_only", "mask_clip", "torch", "torch_compile")
+TORCH_METHODS = ("torch", "torch_compile")
 # Compute types: float32, or bfloat16 compute with float32 params and optimizer state
 # (tljax's ``compute_dtype``; torch's ``autocast``).
 DTYPES = ("float32", "bfloat16")
+# Float32 matmul/conv precision (a run's ``matmul_precision``): true float32, TF32 (JAX's
+# "tensorfloat32"; torch's allow_tf32 for matmuls and cuDNN convs), or each library's own
+# default (JAX: TF32 on recent NVIDIA GPUs; torch: TF32 for convs, not matmuls).
+PRECISIONS = ("highest", "tf32", "default")
 MODELS = ("cnn", "cnn6", "resnet18", "resnet50", "efficientnet_lite0", "vit_ti16",
           "bert_minilm_l6")
 STRATEGIES = ("linear_probe", "last_k:1", "bitfit", "norm_only", "llrd:0.65", "full_ft")
@@ -48,8 +55,10 @@ def optimizer_text(settings: dict | None = None) -> str:
             "(trainable) and no clipping")
 
 
-def check_names(models, strategies, methods, dtype: str = "float32") -> None:
-    """Raises ``UserError`` naming the first unknown model, strategy, method or dtype."""
+def check_names(models, strategies, methods, dtype: str = "float32",
+                precision: str = "highest") -> None:
+    """Raises ``UserError`` naming the first unknown model, strategy, method, dtype or
+    precision."""
     from tljax import strategies as strategies_lib
     from tljax.models import registry
 
@@ -65,6 +74,8 @@ def check_names(models, strategies, methods, dtype: str = "float32") -> None:
             raise unknown("method", m, METHODS)
     if dtype not in DTYPES:
         raise unknown("dtype", dtype, DTYPES)
+    if precision not in PRECISIONS:
+        raise unknown("matmul precision", precision, PRECISIONS)
     if not (models and strategies and methods):
         raise UserError("bench needs at least one model, strategy and method")
 

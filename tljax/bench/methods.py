@@ -134,11 +134,15 @@ def build(model: models.Model, strategy: str, method: str, variables: dict | Non
     return step, train.init_state(variables, tx), rules
 
 
-def compile_step(step, state, inputs, labels) -> tuple:
-    """Returns ``(compiled, xla_flops)``: the step compiled for these shapes and XLA's flop
-    count of it (None where the backend gives none; on a GPU it leaves out the cuDNN and
-    cuBLAS calls: ``flops.count`` is the count to use)."""
-    compiled = step.lower(state, inputs, labels).compile()
+def compile_step(step, state, inputs, labels, precision: str = "highest") -> tuple:
+    """Returns ``(compiled, xla_flops)``: the step compiled for these shapes with float32
+    matmuls and convs at ``precision`` (``bench.PRECISIONS``), and XLA's flop count of it
+    (None where the backend gives none; on a GPU it leaves out the cuDNN and cuBLAS calls:
+    ``flops.count`` is the count to use)."""
+    from tljax.run.settings import MATMUL_PRECISIONS
+
+    with jax.default_matmul_precision(MATMUL_PRECISIONS[precision]):
+        compiled = step.lower(state, inputs, labels).compile()
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost

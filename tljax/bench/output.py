@@ -71,7 +71,8 @@ def markdown(rows: list, info: dict) -> str:
         f"XLA_FLAGS={flags}; "
         f"{info['date']}"),
         (f"batch {info['batch']}, image size {info['image_size']} px (text: token ids), "
-        f"{info.get('dtype', 'float32')}, "
+        f"{info.get('dtype', 'float32')}, matmul precision "
+        f"{info.get('matmul_precision', 'highest')}, "
         f"{info['rounds']} interleaved rounds after {info['warmup']} warm-up; "
         f"optimizer: {info['optimizer']}; peak memory: {', '.join(info['mem_source']) or '-'}"
         + (f"; peak {peak:g} TFLOP/s as stated" if peak else "")),

@@ -20,7 +20,7 @@ import threading
 
 import numpy as np
 
-from tljax.bench import torch_ref
+from tljax.bench import TORCH_METHODS, torch_ref
 
 TIMEOUT_S = 1800  # one compile or step; a child past it is stopped and reported
 
@@ -100,7 +100,7 @@ def _torch_spec(model, strategy: str) -> dict:
 
 
 def plan(model_names, strategy_names, method_names, batch: int, image_size: int,
-         optimizer: dict, dtype: str = "float32") -> list:
+         optimizer: dict, dtype: str = "float32", precision: str = "highest") -> list:
     """Returns one ``(key, spec or skip reason)`` per (model, strategy, method), models in
     order. Every name and size is checked here, before any child starts: raises
     ``UserError`` for a model that cannot take ``image_size`` or a bad strategy argument."""
@@ -121,13 +121,13 @@ def plan(model_names, strategy_names, method_names, batch: int, image_size: int,
                 key = (name, strategy, method)
                 spec = {"model": name, "strategy": strategy, "method": method,
                         "batch": batch, "image_size": size, "optimizer": optimizer,
-                        "dtype": dtype}
-                if method == "torch" and not has_torch:
+                        "dtype": dtype, "matmul_precision": precision}
+                if method in TORCH_METHODS and not has_torch:
                     spec = "torch is not installed (pip install torch)"
-                elif method == "torch" and not torch_ref.has_reference(name):
+                elif method in TORCH_METHODS and not torch_ref.has_reference(name):
                     spec = (f"no PyTorch reference for {name} in tljax.bench.torch_ref "
                             f"(references: {', '.join(torch_ref.REFERENCES)})")
-                elif method == "torch":
+                elif method in TORCH_METHODS:
                     spec.update(_torch_spec(model, strategy), num_classes=methods.NUM_CLASSES,
                                 input_shape=list(model.dummy_input(batch).shape),
                                 kind=model.preprocessing.kind)
@@ -141,6 +141,7 @@ def _row(key, spec, child=None, reason: str = "") -> dict:
            "batch": spec["batch"] if isinstance(spec, dict) else None,
            "image_size": spec["image_size"] if isinstance(spec, dict) else None,
            "dtype": spec.get("dtype", "float32") if isinstance(spec, dict) else None,
+           "matmul_precision": spec.get("matmul_precision") if isinstance(spec, dict) else None,
            "status": "skipped" if not isinstance(spec, dict) else "ok",
            "reason": spec if not isinstance(spec, dict) else reason,
            "step_ms": None, "step_ms_min": None, "examples_per_s": None, "compile_s": None,
@@ -210,11 +211,11 @@ def add_throughput(rows: list, peak_tflops: float | None = None) -> None:
     """Fills each ok row's ``tflops`` (its ``flops`` over its median step) and
     ``peak_fraction`` (of ``peak_tflops``, if given). A torch row takes the ``flops`` of
     the tljax row of its model, strategy and dtype: the same network and frozen set, whose
-    frozen backward neither computes."""
+    frozen backward neither computes (torch_compile's likewise)."""
     counted = {(r["model"], r["strategy"], r["dtype"]): r["flops"] for r in rows
                if r["method"] == "tljax" and r["flops"]}
     for r in rows:
-        if r["method"] == "torch" and r["flops"] is None:
+        if r["method"] in TORCH_METHODS and r["flops"] is None:
             r["flops"] = counted.get((r["model"], r["strategy"], r["dtype"]))
         if r["status"] == "ok" and r["flops"] and r["step_ms"]:
             r["tflops"] = r["flops"] / (r["step_ms"] * 1e-3) / 1e12
@@ -224,14 +225,15 @@ def add_throughput(rows: list, peak_tflops: float | None = None) -> None:
 
 def run(model_names, strategy_names, method_names, batch: int, image_size: int,
         rounds: int, warmup: int, optimizer: dict, xla_flags: str | None = None,
-        log=print, dtype: str = "float32", peak_tflops: float | None = None) -> tuple:
+        log=print, dtype: str = "float32", peak_tflops: float | None = None,
+        precision: str = "highest") -> tuple:
     """Returns ``(rows, infos)`` of the whole benchmark, one model after another, each ok
     row with its TFLOP/s (``add_throughput``).
 
     ``xla_flags`` (if not None) is every child's ``XLA_FLAGS``, set before it imports JAX.
     """
     entries = plan(model_names, strategy_names, method_names, batch, image_size, optimizer,
-                   dtype)
+                   dtype, precision)
     env = dict(os.environ)
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags

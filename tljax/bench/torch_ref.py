@@ -1,10 +1,11 @@
 """PyTorch references for ``tljax bench``: the same architecture and strategy, eagerly.
 
 Written here from the architectures' published definitions (torchvision's ResNet module
-layout; timm's ViT, with its fused ``scaled_dot_product_attention``; tljax's small CNNs),
-not imported: torchvision and timm are not dependencies. Module names mirror tljax's param
-paths (``layer1.0.conv1.weight`` is ``backbone/layer1/0/conv1/kernel``, ``fc`` / ``head``
-is ``head``, ``cls_token`` is ``backbone/cls_token``), so one strategy's rules, computed by
+layout; timm's ViT, with its fused ``scaled_dot_product_attention``; tljax's small CNNs;
+EfficientNet-Lite0 with TF ``SAME`` padding, in ``torch_efficientnet``), not imported:
+torchvision and timm are not dependencies. Module names mirror tljax's param paths
+(``layer1.0.conv1.weight`` is ``backbone/layer1/0/conv1/kernel``, ``fc`` / ``head`` is
+``head``, ``cls_token`` is ``backbone/cls_token``), so one strategy's rules, computed by
 tljax, pick the frozen params here too. torch is imported only when a reference is built;
 tljax never needs it.
 
@@ -14,6 +15,8 @@ block is put in ``eval()`` (running statistics, not updated), as tljax's step do
 
 import numpy as np
 
+from tljax.bench import torch_efficientnet
+
 # tljax.models.cnn's block names, widths and pools, written out so that a torch child
 # process never imports JAX (tests check they agree).
 _CNNS = {"cnn": (("stem", "block1", "block2"), (32, 64, 128), (False, True, True)),
@@ -21,8 +24,9 @@ _CNNS = {"cnn": (("stem", "block1", "block2"), (32, 64, 128), (False, True, True
                   (False, True, False, True, False, False))}
 # tljax.models.vit's configs (patch, width, depth, heads, MLP width, LayerNorm eps), likewise.
 _VITS = {"vit_ti16": (16, 192, 12, 3, 768, 1e-6), "vit_b16": (16, 768, 12, 12, 3072, 1e-6)}
-REFERENCES = ("cnn", "cnn6", "resnet18", "resnet34", "resnet50", "vit_ti16", "vit_b16")
-_HEADS = ("fc", "head")  # torchvision's classifier, tljax's CNNs'
+REFERENCES = ("cnn", "cnn6", "resnet18", "resnet34", "resnet50", "vit_ti16", "vit_b16",
+              "efficientnet_lite0")
+_HEADS = ("fc", "head")  # torchvision's classifier; tljax's CNNs', ViT's, EfficientNet's
 
 
 def has_reference(model: str) -> bool:
@@ -184,6 +188,8 @@ def create(model: str, channels: int, num_classes: int, image_size: int | None =
         return SmallCNN(*_CNNS[model], channels, num_classes)
     if model in _VITS:
         return _vit(torch)(*_VITS[model], channels, image_size, num_classes)
+    if model == "efficientnet_lite0":
+        return torch_efficientnet.efficientnet_lite(torch)(channels, num_classes)
     depths = {"resnet18": (Basic, (2, 2, 2, 2)), "resnet34": (Basic, (3, 4, 6, 3)),
               "resnet50": (Bottleneck, (3, 4, 6, 3))}
     block, depth = depths[model]
@@ -228,7 +234,8 @@ def load_tljax(module, variables: dict) -> None:
 
 def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: np.ndarray,
           optimizer: dict, num_classes: int, variables: dict | None = None,
-          device: str = "cpu", dtype: str = "float32"):
+          device: str = "cpu", dtype: str = "float32", compile: bool = False,
+          precision: str = "highest"):
     """Returns ``(step, module)``: ``step()`` runs one SGD step of the reference of
     ``model`` on the batch and returns the loss before the update (``.item()``: on a GPU
     it waits for the step to finish).
@@ -241,9 +248,18 @@ def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: 
     module and batch live ("cuda": convolutions in channels_last, as a tuned torch user
     runs them); ``dtype`` "bfloat16" runs the forward under ``torch.autocast`` (params,
     gradients and optimizer state stay float32, as tljax's ``compute_dtype``).
+    ``precision`` sets float32 matmuls and cuDNN convs to true float32 ("highest"), TF32
+    ("tf32") or leaves torch's defaults ("default"; ``bench.PRECISIONS``).
+    ``compile`` runs the module through ``torch.compile`` and takes one step to compile it
+    here, then puts back the weights, BatchNorm statistics and optimizer state it changed,
+    so the first step the caller takes is the same as eager torch's.
     """
     import torch
 
+    if precision != "default":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
     module = create(model, inputs.shape[-1], num_classes, inputs.shape[1])
     if variables is not None:
         with torch.no_grad():
@@ -280,10 +296,12 @@ def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: 
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16,
                               enabled=dtype == "bfloat16")
 
+    forward = torch.compile(module) if compile else module
+
     def step() -> float:
         opt.zero_grad(set_to_none=True)
         with autocast:
-            logits = module(x)
+            logits = forward(x)
         loss = torch.nn.functional.cross_entropy(logits.float(), y)
         loss.backward()
         if optimizer["grad_clip"]:
@@ -291,5 +309,13 @@ def build(model: str, rules: dict, frozen_bn: list, inputs: np.ndarray, labels: 
         opt.step()
         return loss.item()
 
+    if compile:
+        import copy
+
+        before = copy.deepcopy(module.state_dict()), copy.deepcopy(opt.state_dict())
+        step()
+        module.load_state_dict(before[0])  # copies in place: the compiled graph still holds
+        opt.load_state_dict(before[1])
+        opt.zero_grad(set_to_none=True)
     return step, module
 

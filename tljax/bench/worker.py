@@ -67,7 +67,8 @@ class _Jax:
         inputs, labels = methods.make_batch(model, spec["batch"])
         self.inputs, self.labels = jax.device_put(inputs), jax.device_put(labels)
         start = time.perf_counter()
-        self.step, xla_flops = methods.compile_step(step, state, self.inputs, self.labels)
+        self.step, xla_flops = methods.compile_step(step, state, self.inputs, self.labels,
+                                                    spec.get("matmul_precision", "highest"))
         compile_s = time.perf_counter() - start
         self.info = {"compile_s": compile_s, "xla_flops": xla_flops,
                      "flops": flops.count(step, state, self.inputs, self.labels),
@@ -105,14 +106,22 @@ class _Torch:
         # The GPU where there is one, as a GPU user's torch runs; else the CPU.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.torch = torch
+        compiled = spec["method"] == "torch_compile"
+        if compiled and not hasattr(torch, "compile"):
+            raise RuntimeError(f"torch {torch.__version__} has no torch.compile")
+        start = time.perf_counter()
         self.step, module = torch_ref.build(spec["model"], spec["rules"], spec["frozen_bn"],
                                             inputs, labels, spec["optimizer"],
                                             spec["num_classes"], device=self.device,
-                                            dtype=spec.get("dtype", "float32"))
+                                            dtype=spec.get("dtype", "float32"),
+                                            compile=compiled,
+                                            precision=spec.get("matmul_precision", "highest"))
+        build_s = time.perf_counter() - start
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        self.info = {"compile_s": 0.0, "flops": None, "xla_flops": None,
-                     "backend": f"torch eager {self.device}",
+        self.info = {"compile_s": build_s if compiled else 0.0, "flops": None,
+                     "xla_flops": None,
+                     "backend": f"torch {'compile' if compiled else 'eager'} {self.device}",
                      "trainable_params": sum(p.numel() for p in module.parameters()
                                              if p.requires_grad),
                      "total_params": sum(p.numel() for p in module.parameters()),
@@ -139,7 +148,9 @@ def main() -> int:
         proto.write(json.dumps(obj) + "\n")
 
     method = sys.argv[1] if len(sys.argv) > 1 else ""
-    if method == "torch":
+    if method == "torch_compile":  # a cold compile, as the JAX children's
+        os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
+    if method in ("torch", "torch_compile"):
         import torch  # noqa: F401  (imported before the baseline is read)
     else:
         import jax  # noqa: F401
@@ -147,7 +158,7 @@ def main() -> int:
         from tljax.bench import methods  # noqa: F401
     send({"event": "hello", "base_mem_mb": _rss_mb()})
     spec = json.loads(sys.stdin.readline())
-    runner = _Torch(spec) if spec["method"] == "torch" else _Jax(spec)
+    runner = _Torch(spec) if spec["method"] in ("torch", "torch_compile") else _Jax(spec)
     # The peak counts from here: steps, not compilation (whose scratch memory is gone).
     can_reset = _reset_peak()
     send({"event": "ready", **runner.info})
