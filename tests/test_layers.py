@@ -241,3 +241,39 @@ def test_attention_falls_back_to_xla_where_cudnn_turns_the_shapes_down(monkeypat
     monkeypatch.setenv("TLJAX_ATTENTION", "cudnn")
     with pytest.raises(NotImplementedError, match="head dim"):
         layers.attention(q, k, v)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu",
+                    reason="cuDNN flash attention runs on a GPU only (benchmarks/gpu_check.py "
+                           "runs this test there)")
+@pytest.mark.parametrize("tokens, padded", [(197, 0), (128, 40)])
+def test_cudnn_attention_is_chosen_and_matches_xla_on_a_gpu(monkeypatch, tokens, padded):
+    # ViT-B/16's shapes (197 tokens, 12 heads of 64), and BERT's padding mask as a bias:
+    # the route chosen in bfloat16 is cuDNN's, and its output and gradients are XLA's
+    # within bfloat16's rounding.
+    from tljax.models import layers
+
+    monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
+    rng = np.random.default_rng(0)
+    q, k, v = (jnp.asarray(rng.normal(size=(4, tokens, 12, 64)), jnp.bfloat16) for _ in "qkv")
+    bias = None
+    if padded:
+        keep = np.arange(tokens) < tokens - padded
+        bias = jnp.where(keep[None, None, None, :], 0.0, -1e9).astype(jnp.bfloat16)
+        bias = jnp.broadcast_to(bias, (4, 1, 1, tokens))
+
+    def loss(route, q, k, v):
+        if route:
+            monkeypatch.setenv("TLJAX_ATTENTION", route)
+        else:
+            monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
+        fn = jax.jit(lambda q, k, v: layers.attention(q, k, v, bias))
+        return jax.value_and_grad(lambda *a: fn(*a).astype(jnp.float32).sum() ** 2 / 1e6,
+                                  argnums=(0, 1, 2))(q, k, v)
+
+    auto, cudnn, xla = (loss(route, q, k, v) for route in (None, "cudnn", "xla"))
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(cudnn)):
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    for a, b in zip(jax.tree.leaves(cudnn), jax.tree.leaves(xla)):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.abs(a - b).max() <= 0.03 * np.abs(b).max() + 1e-3
