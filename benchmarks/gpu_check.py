@@ -7,8 +7,9 @@ cut off leaves the others' figures:
 
 1. ``machine``: the GPU (``nvidia-smi -L``), JAX's devices and versions.
 2. ``tests``: ``tests/test_parity.py``, ``test_freezing.py`` and ``test_train.py`` on the
-   GPU, and the GPU-only test that cuDNN's flash attention is chosen in bfloat16 and
-   matches XLA's: passed / failed counts and the failed tests' names.
+   GPU, the GPU-only test that cuDNN's flash attention is chosen in bfloat16 and matches
+   XLA's, and the input tests (host-side resize, streamed = in-memory batches): passed /
+   failed counts and the failed tests' names.
 3. ``bench_bfloat16``: ``tljax bench`` for ResNet-50, ViT-B/16 and EfficientNet-Lite0,
    ``linear_probe`` and ``full_ft``, tljax and torch, batch 128 at 224 px, bfloat16;
    ``bench_float32``: ResNet-50 alone in float32 with TF32 matmuls and convs on both sides
@@ -45,7 +46,9 @@ H200_PEAK_TFLOPS = 989.0
 
 FULL = {
     "tests": ["tests/test_parity.py", "tests/test_freezing.py", "tests/test_train.py",
-              "tests/test_layers.py::test_cudnn_attention_is_chosen_and_matches_xla_on_a_gpu"],
+              "tests/test_layers.py::test_cudnn_attention_is_chosen_and_matches_xla_on_a_gpu",
+              "tests/test_data.py::test_resize_runs_on_the_host_cpu_whatever_the_default_backend",
+              "tests/test_streaming.py"],
     "bench_bfloat16": {"models": ["resnet50", "vit_b16", "efficientnet_lite0"],
                        "batch": 128, "image_size": 224, "rounds": 10, "warmup": 2},
     "bench_float32": {"models": ["resnet50"], "batch": 128, "image_size": 224, "rounds": 10,

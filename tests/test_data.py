@@ -104,3 +104,29 @@ def test_first_use_says_in_tljax_words_that_digits_is_built_locally(tmp_path):
     again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True, env=env)
     assert "preparing" not in again.stdout + again.stderr  # prepared once, then only read
+
+
+def test_resize_runs_on_the_host_cpu_whatever_the_default_backend(monkeypatch):
+    # On a GPU host the resize must stay on the CPU threads that feed the step (no image to
+    # the GPU and back) and round as a CPU run does: the resize is called with the CPU as
+    # the default device, so its program runs there.
+    import jax
+
+    from tljax.data import pipeline
+
+    real, placed = pipeline._resizer, []
+
+    def recording(shape, size):
+        one = real(shape, size)
+
+        def call(image):
+            placed.append(jax.config.jax_default_device)
+            return one(image)
+        return call
+
+    monkeypatch.setattr(pipeline, "_resizer", recording)
+    monkeypatch.setattr(pipeline, "_DISPATCH", 2)  # two rounds of calls in flight
+    x = np.random.default_rng(0).random((3, 9, 9, 3)).astype(np.float32)
+    out = pipeline.resize(x, 4)
+    assert placed == [jax.local_devices(backend="cpu")[0]] * 3
+    np.testing.assert_array_equal(out, np.stack([np.asarray(real((9, 9, 3), 4)(im)) for im in x]))

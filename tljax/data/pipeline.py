@@ -26,12 +26,17 @@ def _resizer(shape: tuple, size: int):
 
 def resize(x: np.ndarray, size: int) -> np.ndarray:
     """Returns float32 images ``x`` (n, h, w, c) resized to (n, size, size, c), each image
-    exactly as it is resized alone."""
+    exactly as it is resized alone, on the host's CPU whatever the default backend.
+
+    On the CPU: the host's worker threads do the input work while the accelerator steps,
+    no image makes a round trip to the device and back, and a GPU run's inputs are computed
+    as a CPU run computes them (a GPU's bilinear resize rounds otherwise)."""
     one = _resizer(x.shape[1:], size)
     out = np.empty((len(x), size, size, x.shape[-1]), np.float32)
-    for start in range(0, len(x), _DISPATCH):  # calls in flight at once: async dispatch
-        done = jax.device_get([one(image) for image in x[start:start + _DISPATCH]])
-        out[start:start + len(done)] = done
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        for start in range(0, len(x), _DISPATCH):  # calls in flight at once: async dispatch
+            done = jax.device_get([one(image) for image in x[start:start + _DISPATCH]])
+            out[start:start + len(done)] = done
     return out
 
 
