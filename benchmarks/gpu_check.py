@@ -215,6 +215,8 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=H200_PEAK_TFLOPS)
     parser.add_argument("--workdir", default="")
     args = parser.parse_args(argv)
+    if not 0 < args.peak_tflops < float("inf"):
+        parser.error(f"--peak-tflops {args.peak_tflops} is out of range; valid: a number > 0")
     plan = SMOKE if args.smoke else FULL
     workdir = args.workdir or tempfile.mkdtemp(prefix="tljax-gpu-check-")
     os.makedirs(workdir, exist_ok=True)

@@ -2,6 +2,7 @@
 columns, which must be right on a GPU, where XLA's own count leaves out cuDNN's convs."""
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +66,11 @@ def test_the_count_does_not_depend_on_the_cpu_s_conv_routes(monkeypatch):
         counted[route] = flops.count(step, state, x, y)
     assert counted["slices"] == counted["conv"]
     assert os.environ["TLJAX_DEPTHWISE"] == "slices"  # the caller's setting, back
+    # ... and the counted trace is not reused when the step is compiled afterwards: it is
+    # traced again on the caller's route (slices: no grouped conv).
+    text = step.lower(state, x, y).as_text()
+    assert "feature_group_count = 1 " in text
+    assert set(re.findall(r"feature_group_count = (\d+)", text)) == {"1"}
 
 
 def test_a_scan_body_counts_once_per_iteration():
@@ -85,9 +91,10 @@ def test_rows_get_tflops_and_torch_rows_the_tljax_count():
                 "status": "ok", "step_ms": step_ms, "flops": count, "tflops": None,
                 "peak_fraction": None}
 
+    skipped = {**row("torch_compile", None, None), "status": "skipped"}
     rows = [row("tljax", 2.0, 4e12), row("torch", 4.0, None)]
-    runner.add_throughput(rows, peak_tflops=4.0)
-    assert [r["flops"] for r in rows] == [4e12, 4e12]
+    runner.add_throughput(rows + [skipped], peak_tflops=4.0)
+    assert [r["flops"] for r in rows] == [4e12, 4e12] and skipped["flops"] is None
     np.testing.assert_allclose([r["tflops"] for r in rows], [2000.0, 1000.0])
     np.testing.assert_allclose([r["peak_fraction"] for r in rows], [500.0, 250.0])
     info = {"cpu": "c", "cores": 1, "jax": "j", "jaxlib": "j", "torch": None, "backend": "cpu",

@@ -130,3 +130,21 @@ def test_resize_runs_on_the_host_cpu_whatever_the_default_backend(monkeypatch):
     out = pipeline.resize(x, 4)
     assert placed == [jax.local_devices(backend="cpu")[0]] * 3
     np.testing.assert_array_equal(out, np.stack([np.asarray(real((9, 9, 3), 4)(im)) for im in x]))
+
+
+def test_resize_runs_where_jax_was_started_without_its_cpu_backend(monkeypatch):
+    # JAX_PLATFORMS=cuda leaves no CPU backend: the resize then runs on the default device.
+    import jax
+
+    from tljax.data import pipeline
+
+    real = jax.local_devices
+
+    def no_cpu(*args, backend=None, **kwargs):
+        if backend == "cpu":
+            raise RuntimeError("Unknown backend cpu. Available backends are ['cuda']")
+        return real(*args, backend=backend, **kwargs)
+
+    monkeypatch.setattr(jax, "local_devices", no_cpu)
+    x = np.random.default_rng(0).random((2, 9, 9, 3)).astype(np.float32)
+    assert pipeline.resize(x, 4).shape == (2, 4, 4, 3)

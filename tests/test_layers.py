@@ -217,8 +217,8 @@ def test_unknown_attention_route_names_the_known_ones(monkeypatch):
 
 
 def test_attention_falls_back_to_xla_where_cudnn_turns_the_shapes_down(monkeypatch):
-    # cuDNN refuses some shapes at trace time (head dim not a multiple of 8, an odd token
-    # count with a bias): the chosen route falls back; a route the user named does not.
+    # cuDNN refuses some shapes at trace time (a head dim not a multiple of 8): the chosen
+    # route falls back, saying so; a route the user named does not.
     from tljax.models import layers
 
     calls = []
@@ -235,7 +235,8 @@ def test_attention_falls_back_to_xla_where_cudnn_turns_the_shapes_down(monkeypat
     monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
     q, k, v = (jnp.asarray(np.random.default_rng(i).normal(size=(2, 5, 3, 12)), jnp.bfloat16)
                for i in range(3))
-    got = layers.attention(q, k, v)
+    with pytest.warns(UserWarning, match="cuDNN attention turned down 5 tokens .* head dim"):
+        got = layers.attention(q, k, v)
     assert calls == ["cudnn", "xla"]
     np.testing.assert_array_equal(got, real(q, k, v, implementation="xla"))
     monkeypatch.setenv("TLJAX_ATTENTION", "cudnn")
@@ -277,3 +278,65 @@ def test_cudnn_attention_is_chosen_and_matches_xla_on_a_gpu(monkeypatch, tokens,
     for a, b in zip(jax.tree.leaves(cudnn), jax.tree.leaves(xla)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         assert np.abs(a - b).max() <= 0.03 * np.abs(b).max() + 1e-3
+
+
+def _primitive_names(jaxpr) -> set:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for x in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(x, "jaxpr", x)
+                if hasattr(inner, "eqns"):
+                    names |= _primitive_names(inner)
+    return names
+
+
+@pytest.mark.parametrize("tokens, masked", [(197, False), (128, True), (197, True)])
+def test_training_attention_takes_cudnn_for_vit_and_bert_shapes(monkeypatch, tokens, masked):
+    # jax's cuDNN path checks shapes at trace time, in plain Python: with cuDNN made to look
+    # present on a "gpu", a training step must trace through cuDNN's kernels for ViT-B/16's
+    # 197 tokens (odd: cuDNN wants even lengths in training) and BERT's (batch, 1, 1, tokens)
+    # padding bias (cuDNN wants a full (tokens, tokens) one), without falling back.
+    import warnings
+
+    import jax._src.cudnn.fused_attention_stablehlo as cudnn_attention
+
+    from tljax.models import layers
+
+    monkeypatch.setattr(cudnn_attention, "check_cudnn_version", lambda: 90800)
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
+    q = jax.ShapeDtypeStruct((4, tokens, 12, 64), jnp.bfloat16)
+    bias = jnp.zeros((4, 1, 1, tokens), jnp.bfloat16) if masked else None
+
+    def loss(q, k, v):
+        return layers.attention(q, k, v, bias).astype(jnp.float32).sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback warns
+        jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, q, q)
+    names = _primitive_names(jaxpr.jaxpr)
+    assert {"dot_product_attention_fwd_wrapper", "dot_product_attention_bwd_wrapper"} <= names
+
+
+@pytest.mark.parametrize("tokens, masked", [(7, False), (6, True), (7, True)])
+def test_the_even_padding_for_cudnn_leaves_attention_and_gradients_unchanged(tokens, masked):
+    # The padded call cuDNN gets, computed with XLA on CPU: the extra token is masked out
+    # of every softmax and sliced off the output, so nothing changes.
+    from tljax.models import layers
+
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.normal(size=(2, tokens, 3, 8)), jnp.float32) for _ in "qkv")
+    bias = None
+    if masked:
+        keep = np.arange(tokens) < tokens - 2
+        bias = jnp.where(keep, 0.0, -1e9)[None, None, None, :] * jnp.ones((2, 1, 1, 1))
+
+    def loss(fn, q, k, v):
+        return jax.value_and_grad(lambda *a: (fn(*a) ** 2).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    padded = loss(lambda *a: layers._cudnn_attention(*a, bias, implementation="xla"), q, k, v)
+    plain = loss(lambda *a: jax.nn.dot_product_attention(*a, bias=bias), q, k, v)
+    for a, b in zip(jax.tree.leaves(padded), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -171,7 +171,7 @@ def test_worker_threads_scale_with_cores_where_an_accelerator_runs_the_step(monk
     assert lazy.threads() == 6
     monkeypatch.setenv("TLJAX_DATA_THREADS", "24")
     assert lazy.threads() == 24
-    for bad in ("0", "four", "-2"):
+    for bad in ("0", "four", "-2", "²"):
         monkeypatch.setenv("TLJAX_DATA_THREADS", bad)
         with pytest.raises(UserError, match=f"TLJAX_DATA_THREADS must be .* got '{bad}'"):
             lazy.threads()

@@ -17,6 +17,7 @@ import math
 import os
 
 import jax
+import jax.extend
 from jax._src.interpreters import partial_eval as pe  # dce_jaxpr has no public home yet
 
 
@@ -33,7 +34,7 @@ def _dot_flops(eqn) -> int:
 def _conv_flops(eqn) -> int:
     """Each output element sums over the kernel window and the kernel's input features
     (already per group); an input dilated by d (a strided conv's input gradient) puts a
-    real pixel under 1 in prod(d) window taps."""
+    real pixel under about 1 in prod(d) window taps (exactly so away from the borders)."""
     spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, *spatial)
     rhs = eqn.invars[1].aval.shape
     window = _prod(rhs[d] for d in spec[2:]) * rhs[spec[1]]
@@ -91,10 +92,17 @@ def _counted_routes():
 
 def count(fn, *args) -> int:
     """Returns the matmul and convolution FLOPs of one call ``fn(*args)`` (``args`` arrays
-    or ``jax.ShapeDtypeStruct``), those no output depends on left out. ``fn`` is traced
-    afresh (a jitted function's own trace cache would hold the backend's routes)."""
-    fn = getattr(fn, "__wrapped__", fn)
-    with _counted_routes():
-        closed = jax.make_jaxpr(fn)(*args)
+    or ``jax.ShapeDtypeStruct``), those no output depends on left out.
+
+    JAX's caches are cleared before and after the counted trace: traces of ``fn``'s parts
+    made earlier (a ``jax.jit``'s, a ``value_and_grad``'s of the same loss function) hold
+    the backend's routes, and the counted ones must not be reused when ``fn`` is compiled.
+    Already compiled programs (``jit(...).lower(...).compile()``) are not affected."""
+    jax.clear_caches()
+    try:
+        with _counted_routes():
+            closed = jax.make_jaxpr(fn)(*args)
+    finally:
+        jax.clear_caches()
     jaxpr, _ = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
     return jaxpr_flops(jaxpr)

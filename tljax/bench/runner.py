@@ -215,7 +215,7 @@ def add_throughput(rows: list, peak_tflops: float | None = None) -> None:
     counted = {(r["model"], r["strategy"], r["dtype"]): r["flops"] for r in rows
                if r["method"] == "tljax" and r["flops"]}
     for r in rows:
-        if r["method"] in TORCH_METHODS and r["flops"] is None:
+        if r["method"] in TORCH_METHODS and r["status"] == "ok" and r["flops"] is None:
             r["flops"] = counted.get((r["model"], r["strategy"], r["dtype"]))
         if r["status"] == "ok" and r["flops"] and r["step_ms"]:
             r["tflops"] = r["flops"] / (r["step_ms"] * 1e-3) / 1e12

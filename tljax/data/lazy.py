@@ -28,7 +28,7 @@ def threads() -> int:
     images/s at 224 px, and a GPU takes thousands). Raises ``UserError`` for a bad value."""
     env = os.environ.get("TLJAX_DATA_THREADS")
     if env is not None:
-        if not (env.isdigit() and int(env) >= 1):
+        if not (env.isascii() and env.isdigit() and int(env) >= 1):
             raise UserError(f"TLJAX_DATA_THREADS must be a whole number >= 1, got {env!r}")
         return int(env)
     import jax

@@ -24,6 +24,15 @@ def _resizer(shape: tuple, size: int):
     return jax.jit(lambda image: jax.image.resize(image, (size, size, shape[-1]), "bilinear"))
 
 
+def _host_cpu():
+    """Returns the host's first CPU device, or None (the default device) where JAX was
+    started without its CPU backend (``JAX_PLATFORMS=cuda``)."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return None
+
+
 def resize(x: np.ndarray, size: int) -> np.ndarray:
     """Returns float32 images ``x`` (n, h, w, c) resized to (n, size, size, c), each image
     exactly as it is resized alone, on the host's CPU whatever the default backend.
@@ -33,7 +42,7 @@ def resize(x: np.ndarray, size: int) -> np.ndarray:
     as a CPU run computes them (a GPU's bilinear resize rounds otherwise)."""
     one = _resizer(x.shape[1:], size)
     out = np.empty((len(x), size, size, x.shape[-1]), np.float32)
-    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    with jax.default_device(_host_cpu()):
         for start in range(0, len(x), _DISPATCH):  # calls in flight at once: async dispatch
             done = jax.device_get([one(image) for image in x[start:start + _DISPATCH]])
             out[start:start + len(done)] = done

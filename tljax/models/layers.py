@@ -1,6 +1,7 @@
 """Layers shared by the model families."""
 
 import os
+import warnings
 from functools import partial
 from typing import Sequence
 
@@ -52,17 +53,43 @@ def attention_route(dtype, route: str | None = None) -> str:
 
 def attention(q, k, v, bias=None):
     """Returns ``softmax(q k^T / sqrt(head dim) + bias) v`` for ``q, k, v`` of shape
-    (batch, tokens, heads, head dim), by ``attention_route``. Where the route was chosen
-    for the backend (not named in ``TLJAX_ATTENTION``) and cuDNN turns these shapes down
-    at trace time (a head dim it does not take; an odd token count with a bias), XLA's
-    route computes it instead."""
+    (batch, tokens, heads, head dim) and ``bias`` broadcastable to (batch, heads, tokens,
+    tokens), by ``attention_route``. Where the route was chosen for the backend (not named
+    in ``TLJAX_ATTENTION``) and cuDNN turns the inputs down at trace time (a head dim it
+    does not take), XLA's route computes it instead, with a warning saying why."""
     route = attention_route(q.dtype)
     if route == "cudnn" and not os.environ.get("TLJAX_ATTENTION"):
         try:
-            return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
-        except NotImplementedError:
+            return _cudnn_attention(q, k, v, bias)
+        except (NotImplementedError, ValueError) as e:
+            warnings.warn(f"cuDNN attention turned down {q.shape[1]} tokens x {q.shape[2]} "
+                          f"heads x {q.shape[3]} dims ({e}); XLA's attention computes it")
             route = "xla"
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=route)
+    if route == "cudnn":
+        return _cudnn_attention(q, k, v, bias)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
+
+
+def _cudnn_attention(q, k, v, bias, implementation: str = "cudnn"):
+    """Returns cuDNN's flash attention of ``attention``'s arguments (``implementation``
+    "xla" computes the same padded call with XLA, for tests off a GPU). jax's cuDNN path wants
+    a bias of full (tokens, tokens) extent, and in training an even number of tokens
+    (it always passes a bias of its own, and cuDNN wants even lengths with one): an odd
+    count (ViT-B/16's 197) is padded by one token that the padding mask leaves out."""
+    batch, tokens, keys = q.shape[0], q.shape[1], k.shape[1]
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, bias.shape[:2] + (tokens, keys))
+    lengths = {}
+    if tokens % 2 or keys % 2:
+        q = jnp.pad(q, ((0, 0), (0, tokens % 2), (0, 0), (0, 0)))
+        k, v = (jnp.pad(x, ((0, 0), (0, keys % 2), (0, 0), (0, 0))) for x in (k, v))
+        if bias is not None:
+            bias = jnp.pad(bias, ((0, 0), (0, 0), (0, tokens % 2), (0, keys % 2)))
+        lengths = {"query_seq_lengths": jnp.full((batch,), tokens, jnp.int32),
+                   "key_value_seq_lengths": jnp.full((batch,), keys, jnp.int32)}
+    out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation,
+                                       **lengths)
+    return out[:, :tokens]
 
 
 # On CPU, a (non-grouped) conv over a map of at most this many pixels a side runs as
@@ -78,7 +105,7 @@ def patches_max_side() -> int:
     on CPU and 0 elsewhere (the library conv is the tuned one on GPU and TPU)."""
     env = os.environ.get("TLJAX_PATCHES_MAX_SIDE")
     if env is not None:
-        if not env.isdigit():
+        if not (env.isascii() and env.isdigit()):
             raise UserError(f"TLJAX_PATCHES_MAX_SIDE must be a whole number of pixels >= 0, "
                             f"got {env!r}")
         return int(env)
