@@ -250,8 +250,8 @@ def test_attention_falls_back_to_xla_where_cudnn_turns_the_shapes_down(monkeypat
 @pytest.mark.parametrize("tokens, padded", [(197, 0), (128, 40)])
 def test_cudnn_attention_is_chosen_and_matches_xla_on_a_gpu(monkeypatch, tokens, padded):
     # ViT-B/16's shapes (197 tokens, 12 heads of 64), and BERT's padding mask as a bias:
-    # the route chosen in bfloat16 is cuDNN's, and its output and gradients are XLA's
-    # within bfloat16's rounding.
+    # the route chosen in bfloat16 puts cuDNN's kernels in the training step, and its loss
+    # and gradients are XLA's within bfloat16's rounding.
     from tljax.models import layers
 
     monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
@@ -263,21 +263,24 @@ def test_cudnn_attention_is_chosen_and_matches_xla_on_a_gpu(monkeypatch, tokens,
         bias = jnp.where(keep[None, None, None, :], 0.0, -1e9).astype(jnp.bfloat16)
         bias = jnp.broadcast_to(bias, (4, 1, 1, tokens))
 
-    def loss(route, q, k, v):
+    def traced_and_run(route):
         if route:
             monkeypatch.setenv("TLJAX_ATTENTION", route)
         else:
             monkeypatch.delenv("TLJAX_ATTENTION", raising=False)
-        fn = jax.jit(lambda q, k, v: layers.attention(q, k, v, bias))
-        return jax.value_and_grad(lambda *a: fn(*a).astype(jnp.float32).sum() ** 2 / 1e6,
-                                  argnums=(0, 1, 2))(q, k, v)
+        step = jax.value_and_grad(
+            lambda q, k, v: jnp.mean(layers.attention(q, k, v, bias).astype(jnp.float32) ** 2),
+            argnums=(0, 1, 2))
+        return jax.make_jaxpr(step)(q, k, v), jax.jit(step)(q, k, v)
 
-    auto, cudnn, xla = (loss(route, q, k, v) for route in (None, "cudnn", "xla"))
-    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(cudnn)):
-        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-    for a, b in zip(jax.tree.leaves(cudnn), jax.tree.leaves(xla)):
+    jaxpr, auto = traced_and_run(None)
+    assert {"dot_product_attention_fwd_wrapper",
+            "dot_product_attention_bwd_wrapper"} <= _primitive_names(jaxpr.jaxpr)
+    _, xla = traced_and_run("xla")
+    # cuDNN's backward may accumulate in another order (or with atomics): bfloat16 rounding
+    for a, b in zip(jax.tree.leaves(auto), jax.tree.leaves(xla)):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        assert np.abs(a - b).max() <= 0.03 * np.abs(b).max() + 1e-3
+        assert np.abs(a - b).max() <= 0.03 * np.abs(b).max() + 1e-6
 
 
 def _primitive_names(jaxpr) -> set:
