@@ -16,8 +16,8 @@ from tljax.bench import (
 )
 from tljax.errors import UserError
 
-# Every method but torch_compile, whose compile takes a minute or more per row on 2 CPU
-# cores: name it to have it.
+# Every method but torch_compile, whose cold compile takes tens of seconds per row on 2 CPU
+# cores (24-41 s for ResNet-18 at 64 px): name it to have it.
 DEFAULT_METHODS = [m for m in METHODS if m != "torch_compile"]
 # --quick: ResNet-18 at 64 px, batch 32, probe and full fine-tuning, the default methods;
 # under 4 minutes on 2 CPU cores.

@@ -8,8 +8,9 @@ one counts what the papers' tables count (multiply-adds of every ``dot_general``
 ``conv_general_dilated``, x2; elementwise work, norms and softmax left out; a window over
 padding counted in full) after dead-code elimination, so a gradient nothing reads is not
 counted, as XLA would not compute it. The jaxpr is traced with depthwise convolutions as
-convolutions (``TLJAX_DEPTHWISE=conv``): the CPU's slices route computes the same
-multiply-adds as elementwise ops the count would miss.
+convolutions and attention as matmuls (``COUNTED_ROUTES``): the CPU's slices route
+computes the same multiply-adds as elementwise ops, and cuDNN's flash attention is one
+call, which the count would miss.
 """
 
 import contextlib

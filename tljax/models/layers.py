@@ -72,12 +72,13 @@ def attention(q, k, v, bias=None):
 
 def _cudnn_attention(q, k, v, bias, implementation: str = "cudnn"):
     """Returns cuDNN's flash attention of ``attention``'s arguments (``implementation``
-    "xla" computes the same padded call with XLA, for tests off a GPU). jax's cuDNN path wants
-    a bias of full (tokens, tokens) extent, and in training an even number of tokens
+    "xla" computes the same padded call with XLA, for tests off a GPU). jax's cuDNN path
+    wants a bias of full (tokens, tokens) extent, and in training an even number of tokens
     (it always passes a bias of its own, and cuDNN wants even lengths with one): an odd
     count (ViT-B/16's 197) is padded by one token that the padding mask leaves out."""
     batch, tokens, keys = q.shape[0], q.shape[1], k.shape[1]
     if bias is not None:
+        bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
         bias = jnp.broadcast_to(bias, bias.shape[:2] + (tokens, keys))
     lengths = {}
     if tokens % 2 or keys % 2:
