@@ -23,16 +23,18 @@ Methods:
 import numpy as np
 
 from tljax.errors import UserError, unknown
+from tljax.run.settings import MATMUL_PRECISIONS
 
 METHODS = ("tljax", "mask_only", "mask_clip", "torch", "torch_compile")
 TORCH_METHODS = ("torch", "torch_compile")
 # Compute types: float32, or bfloat16 compute with float32 params and optimizer state
 # (tljax's ``compute_dtype``; torch's ``autocast``).
 DTYPES = ("float32", "bfloat16")
-# Float32 matmul/conv precision (a run's ``matmul_precision``): true float32, TF32 (JAX's
-# "tensorfloat32"; torch's allow_tf32 for matmuls and cuDNN convs), or each library's own
-# default (JAX: TF32 on recent NVIDIA GPUs; torch: TF32 for convs, not matmuls).
-PRECISIONS = ("highest", "tf32", "default")
+# Float32 matmul/conv precision, a run's ``matmul_precision`` values: true float32
+# ("highest"), TF32 (JAX's "tensorfloat32"; torch's allow_tf32 for matmuls and cuDNN convs),
+# or each library's own default (JAX: TF32 on recent NVIDIA GPUs; torch: TF32 for convs,
+# not matmuls).
+PRECISIONS = tuple(MATMUL_PRECISIONS)
 MODELS = ("cnn", "cnn6", "resnet18", "resnet50", "efficientnet_lite0", "vit_ti16",
           "bert_minilm_l6")
 STRATEGIES = ("linear_probe", "last_k:1", "bitfit", "norm_only", "llrd:0.65", "full_ft")

@@ -25,6 +25,8 @@ import resource
 import sys
 import time
 
+from tljax.bench import TORCH_METHODS
+
 
 def _rss_mb(field: str = "VmRSS") -> float | None:
     """Returns this process's ``field`` of /proc/self/status in MB (None off Linux)."""
@@ -150,7 +152,7 @@ def main() -> int:
     method = sys.argv[1] if len(sys.argv) > 1 else ""
     if method == "torch_compile":  # a cold compile, as the JAX children's
         os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
-    if method in ("torch", "torch_compile"):
+    if method in TORCH_METHODS:
         import torch  # noqa: F401  (imported before the baseline is read)
     else:
         import jax  # noqa: F401
@@ -158,7 +160,7 @@ def main() -> int:
         from tljax.bench import methods  # noqa: F401
     send({"event": "hello", "base_mem_mb": _rss_mb()})
     spec = json.loads(sys.stdin.readline())
-    runner = _Torch(spec) if spec["method"] in ("torch", "torch_compile") else _Jax(spec)
+    runner = _Torch(spec) if spec["method"] in TORCH_METHODS else _Jax(spec)
     # The peak counts from here: steps, not compilation (whose scratch memory is gone).
     can_reset = _reset_peak()
     send({"event": "ready", **runner.info})

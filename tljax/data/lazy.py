@@ -14,7 +14,7 @@ import numpy as np
 
 from tljax.data import corruptions
 from tljax.data.pipeline import preprocess
-from tljax.errors import UserError
+from tljax.errors import env_whole_number
 
 READ_CHUNK = 1024  # records per read when collecting labels or a whole small split
 _BIG = 10 ** 15  # batches in a training stream: endless in practice; grain needs a length
@@ -26,11 +26,9 @@ def threads() -> int:
     if set, else one per core, up to 4 on CPU (where the step's own threads need the cores)
     and up to 16 where an accelerator runs the step (one thread delivers about 100-200
     images/s at 224 px, and a GPU takes thousands). Raises ``UserError`` for a bad value."""
-    env = os.environ.get("TLJAX_DATA_THREADS")
-    if env is not None:
-        if not (env.isascii() and env.isdigit() and int(env) >= 1):
-            raise UserError(f"TLJAX_DATA_THREADS must be a whole number >= 1, got {env!r}")
-        return int(env)
+    chosen = env_whole_number("TLJAX_DATA_THREADS", 1)
+    if chosen is not None:
+        return chosen
     import jax
 
     most = 4 if jax.default_backend() == "cpu" else 16

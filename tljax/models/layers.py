@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from tljax.errors import UserError, unknown
+from tljax.errors import env_whole_number, unknown
 
 
 DEPTHWISE_ROUTES = ("slices", "conv")
@@ -104,12 +104,9 @@ def patches_max_side() -> int:
     """Returns the largest map side whose convs take the patches route on this backend:
     ``TLJAX_PATCHES_MAX_SIDE`` if set (0: never; for benchmarks), else ``PATCHES_MAX_SIDE``
     on CPU and 0 elsewhere (the library conv is the tuned one on GPU and TPU)."""
-    env = os.environ.get("TLJAX_PATCHES_MAX_SIDE")
-    if env is not None:
-        if not (env.isascii() and env.isdigit()):
-            raise UserError(f"TLJAX_PATCHES_MAX_SIDE must be a whole number of pixels >= 0, "
-                            f"got {env!r}")
-        return int(env)
+    side = env_whole_number("TLJAX_PATCHES_MAX_SIDE", 0, "pixels")
+    if side is not None:
+        return side
     return PATCHES_MAX_SIDE if jax.default_backend() == "cpu" else 0
 
 
